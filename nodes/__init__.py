@@ -1,0 +1,6 @@
+"""Built-in node packs, one module per family; the registry imports each module listed in PACKS."""
+
+PACKS = (
+    "nodes.primitives",
+    "nodes.image",
+)

@@ -66,6 +66,24 @@ class HiddenKind(str, enum.Enum):
 
 
 @dataclass(frozen=True)
+class FileList:
+    """Combo options that are the files of a model folder (or ``"input"`` images), listed when asked.
+
+    Resolved against the runtime's :class:`~graph_runtime.paths.FolderPaths`, so object_info
+    always shows the files present now.
+    """
+
+    folder: str
+
+    def resolve(self, paths: Any) -> list[str]:
+        if paths is None:
+            return []
+        if self.folder == "input":
+            return paths.list_input_images()
+        return paths.list_models(self.folder)
+
+
+@dataclass(frozen=True)
 class InputSpec:
     """One declared input of a node.
 
@@ -81,7 +99,7 @@ class InputSpec:
     max: float | int | None = None
     step: float | int | None = None
     round: float | bool | None = None
-    options: Sequence[str] | Callable[[], Sequence[str]] | None = None
+    options: Sequence[str] | Callable[[], Sequence[str]] | FileList | None = None
     multiline: bool = False
     tooltip: str | None = None
     optional: bool = False
@@ -97,7 +115,10 @@ class InputSpec:
     def is_widget(self) -> bool:
         return self.type in PRIMITIVE_TYPES and not self.force_input
 
-    def combo_options(self) -> list[str]:
+    def combo_options(self, paths: Any = None) -> list[str]:
+        """The allowed values of a COMBO; ``paths`` (FolderPaths) resolves :class:`FileList` options."""
+        if isinstance(self.options, FileList):
+            return self.options.resolve(paths)
         opts = self.options() if callable(self.options) else self.options
         return list(opts or [])
 
@@ -157,7 +178,7 @@ def Boolean(name: str, default: bool = False, *, tooltip: str | None = None, opt
                      force_input=force_input, extra=extra)
 
 
-def Combo(name: str, options: Sequence[str] | Callable[[], Sequence[str]], default: str | None = None, *,
+def Combo(name: str, options: Sequence[str] | Callable[[], Sequence[str]] | FileList, default: str | None = None, *,
           tooltip: str | None = None, optional: bool = False, lazy: bool = False, image_upload: bool = False,
           control_after_generate: bool = False, **extra: Any) -> InputSpec:
     return InputSpec(name, "COMBO", default=default, options=options, tooltip=tooltip, optional=optional,

@@ -1,0 +1,1 @@
+"""Genesis graph runtime: node schema, validation, execution, queue and history (no HTTP, no model code)."""

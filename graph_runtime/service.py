@@ -1,0 +1,281 @@
+"""The runtime service: validation → durable queue → one executor worker → events.
+
+This is the one object the web layer and the CLI talk to.  Data flows one way: ``submit``
+validates and enqueues; the worker thread claims jobs from the SQLite store, runs them
+through the :class:`~graph_runtime.executor.Executor` and records history; every event goes
+to the registered listeners together with the client id of the prompt it belongs to.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from graph_runtime.context import RuntimeOptions
+from graph_runtime.events import Event, Executing, QueueStatus
+from graph_runtime.executor import ExecutionReport, Executor, InterruptToken
+from graph_runtime.job_store import DuplicateJobError, Job, JobStatus, JobStore
+from graph_runtime.model_manager import ModelManager
+from graph_runtime.node_info import node_info, object_info
+from graph_runtime.paths import FolderPaths
+from graph_runtime.registry import NodeRegistry, build_registry
+from graph_runtime.validation import PromptError, PromptValidator, ValidationResult
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[Event, "str | None"], None]
+
+_STATUS_BY_REPORT = {"success": JobStatus.SUCCEEDED, "error": JobStatus.FAILED, "interrupted": JobStatus.INTERRUPTED}
+
+
+def is_ui_workflow(data: Any) -> bool:
+    return isinstance(data, dict) and isinstance(data.get("nodes"), list)
+
+
+@dataclass
+class SubmitResult:
+    """The answer to a queue request: the job, or ComfyUI-shaped validation errors."""
+
+    ok: bool
+    prompt_id: str | None = None
+    number: float | None = None
+    error: dict[str, Any] | None = None
+    node_errors: dict[str, Any] = field(default_factory=dict)
+    validation: ValidationResult | None = None
+
+    def response(self) -> dict[str, Any]:
+        if self.ok:
+            number = int(self.number) if self.number is not None and float(self.number).is_integer() else self.number
+            return {"prompt_id": self.prompt_id, "number": number, "node_errors": self.node_errors}
+        return {"error": self.error, "node_errors": self.node_errors}
+
+
+class Runtime:
+    """Registry, validator, store, executor and worker of one server or CLI run."""
+
+    def __init__(self, paths: FolderPaths, options: RuntimeOptions | None = None, *,
+                 registry: NodeRegistry | None = None, db_path: Path | None = None) -> None:
+        self.paths = paths
+        self.options = options or RuntimeOptions()
+        paths.ensure_dirs()
+        self.registry = registry if registry is not None else build_registry(custom_dirs=paths.custom_nodes_dirs)
+        self.validator = PromptValidator(self.registry, paths)
+        self.store = JobStore(db_path or paths.user_dir / "jobs.sqlite3")
+        self.models = ModelManager(self.options.model_budget_bytes)
+        self.executor = Executor(self.registry, paths, models=self.models, options=self.options)
+        self._listeners: list[Listener] = []
+        self._worker: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._running_lock = threading.Lock()
+        self._running: tuple[str, InterruptToken] | None = None
+        self._pending_free: dict[str, bool] = {}
+        self.last_report: ExecutionReport | None = None
+
+    # -- node definitions ----------------------------------------------------------------------
+    def object_info(self) -> dict[str, dict[str, Any]]:
+        return object_info(self.registry, self.paths)
+
+    def node_info(self, class_type: str) -> dict[str, Any] | None:
+        definition = self.registry.get(class_type)
+        return None if definition is None else node_info(definition, self.paths)
+
+    # -- listeners -----------------------------------------------------------------------------
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def _emit(self, event: Event, client_id: str | None) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(event, client_id)
+            except Exception:
+                log.exception("listener failed on %s", event.type)
+
+    def _emit_status(self) -> None:
+        self._emit(QueueStatus(None, self.store.queue_remaining()), None)
+
+    # -- queueing ------------------------------------------------------------------------------
+    def to_api_prompt(self, data: dict[str, Any]) -> dict[str, Any]:
+        """An API prompt from either format (UI workflows are converted with our node definitions)."""
+        if not is_ui_workflow(data):
+            return data
+        from graph_runtime.workflow_files.ui_to_api import convert_ui_to_api
+
+        return convert_ui_to_api(data, self.object_info())
+
+    def validate(self, prompt: Any, partial_targets: list[str] | None = None) -> ValidationResult:
+        return self.validator.validate(prompt, partial_targets)
+
+    def submit(self, prompt: Any, *, client_id: str | None = None, extra_data: dict[str, Any] | None = None,
+               front: bool = False, number: float | None = None, partial_targets: list[str] | None = None,
+               prompt_id: str | None = None) -> SubmitResult:
+        """Validate and enqueue a prompt (API format, or a UI workflow that is converted first)."""
+        extra_data = dict(extra_data or {})
+        if is_ui_workflow(prompt):
+            from graph_runtime.workflow_files.errors import WorkflowFormatError
+
+            try:
+                extra_data.setdefault("extra_pnginfo", {}).setdefault("workflow", prompt)
+                prompt = self.to_api_prompt(prompt)
+            except WorkflowFormatError as exc:
+                err = PromptError("invalid_prompt", "Invalid workflow", str(exc))
+                return SubmitResult(False, error=err.to_dict())
+        result = self.validate(prompt, partial_targets)
+        if not result.ok:
+            return SubmitResult(False, error=result.error.to_dict() if result.error else None,
+                                node_errors=result.node_errors, validation=result)
+        if client_id is not None:
+            extra_data["client_id"] = client_id
+        prompt_id = prompt_id or str(uuid.uuid4())
+        try:
+            job = self.store.enqueue(prompt_id, result.prompt, extra_data=extra_data,
+                                     outputs_to_execute=result.outputs, client_id=client_id, front=front,
+                                     number=number)
+        except DuplicateJobError:
+            err = PromptError("invalid_prompt", "Duplicate prompt id", f"prompt_id {prompt_id} already exists")
+            return SubmitResult(False, error=err.to_dict())
+        self._emit_status()
+        return SubmitResult(True, job.prompt_id, job.number, node_errors=result.node_errors, validation=result)
+
+    # -- control -------------------------------------------------------------------------------
+    def interrupt(self, prompt_id: str | None = None) -> bool:
+        """Interrupt the running prompt (only if it is ``prompt_id``, when given)."""
+        with self._running_lock:
+            if self._running is None:
+                return False
+            running_id, token = self._running
+            if prompt_id is not None and prompt_id != running_id:
+                return False
+            token.set()
+            return True
+
+    def running_prompt_id(self) -> str | None:
+        with self._running_lock:
+            return self._running[0] if self._running else None
+
+    def cancel(self, prompt_ids: list[str]) -> dict[str, list[str]]:
+        """Cancel pending jobs (kept in history as cancelled) and interrupt running ones."""
+        result = self.store.cancel(prompt_ids)
+        for pid in result.running:
+            self.interrupt(pid)
+        self._emit_status()
+        return {"cancelled": list(result.cancelled), "interrupted": list(result.running)}
+
+    def delete_pending(self, prompt_ids: list[str]) -> list[str]:
+        removed = self.store.delete_pending(prompt_ids)
+        for pid in prompt_ids:
+            if pid not in removed:
+                self.interrupt(pid) if pid == self.running_prompt_id() else None
+        self._emit_status()
+        return removed
+
+    def clear_pending(self) -> int:
+        count = self.store.clear_pending()
+        self._emit_status()
+        return count
+
+    def free(self, *, unload_models: bool = False, free_memory: bool = False) -> None:
+        """Drop caches/models now if idle, else right after the running prompt (``POST /free``)."""
+        with self._running_lock:
+            busy = self._running is not None
+            if busy:
+                self._pending_free = {"unload_models": unload_models or self._pending_free.get("unload_models", False),
+                                      "free_memory": free_memory or self._pending_free.get("free_memory", False)}
+                return
+        self._free_now(unload_models, free_memory)
+
+    def _free_now(self, unload_models: bool, free_memory: bool) -> None:
+        if free_memory:
+            self.executor.cache.clear()
+        if unload_models or free_memory:
+            self.models.unload_all()
+            _empty_device_cache()
+
+    # -- worker --------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Recover jobs cut off by a crash, then start the worker thread."""
+        report = self.store.recover_after_restart()
+        if report.requeued or report.failed:
+            log.warning("after restart: requeued %s, failed %s", report.requeued, report.failed)
+        self._stopping.clear()
+        self._worker = threading.Thread(target=self._work, name="genesis-worker", daemon=True)
+        self._worker.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping.set()
+        with self._running_lock:
+            if self._running is not None:
+                self._running[1].set()
+        if self._worker is not None:
+            self._worker.join(timeout)
+        self.executor.close()
+        self.store.close()
+
+    def _work(self) -> None:
+        while not self._stopping.is_set():
+            job = self.store.claim_next(timeout=0.25)
+            if job is None:
+                continue
+            try:
+                self.run_job(job)
+            except Exception:  # the worker must survive anything
+                log.exception("worker failed on %s", job.prompt_id)
+
+    def run_job(self, job: Job) -> ExecutionReport:
+        """Execute a claimed job, store its history and announce the end."""
+        token = InterruptToken()
+        with self._running_lock:
+            self._running = (job.prompt_id, token)
+        client_id = job.client_id
+        self._emit_status()
+        try:
+            report = self.executor.execute(job.prompt_id, job.prompt, job.outputs_to_execute,
+                                           extra_data=job.extra_data, interrupt=token,
+                                           sink=lambda event: self._emit(event, client_id))
+        except Exception as exc:  # executor bugs still end the job cleanly
+            log.exception("executor crashed on %s", job.prompt_id)
+            report = ExecutionReport(job.prompt_id, "error", error={"exception_message": str(exc),
+                                                                      "exception_type": type(exc).__name__})
+        finally:
+            with self._running_lock:
+                self._running = None
+                pending_free, self._pending_free = self._pending_free, {}
+        meta = {nid: {"node_id": nid, "display_node": nid, "parent_node": None, "real_node_id": nid}
+                for nid in report.outputs}
+        timings = {nid: {"class_type": r.class_type, "seconds": round(r.seconds, 6),
+                         "peak_rss_bytes": r.peak_rss_bytes, **r.info} for nid, r in report.node_runs.items()}
+        for nid, info in timings.items():
+            meta.setdefault(nid, {"node_id": nid, "display_node": nid, "parent_node": None, "real_node_id": nid})
+            meta[nid]["execution"] = info
+        self.store.finish(job.prompt_id, _STATUS_BY_REPORT[report.status], outputs=report.outputs,
+                          messages=report.messages, meta=meta, error=report.error)
+        self.last_report = report
+        self._emit_status()
+        self._emit(Executing(job.prompt_id, None), client_id)
+        if pending_free:
+            self._free_now(pending_free.get("unload_models", False), pending_free.get("free_memory", False))
+        return report
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Block until nothing is pending or running (tests and the CLI)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.store.queue_remaining() == 0 and self.running_prompt_id() is None:
+                return True
+            time.sleep(0.01)
+        return False
+
+
+def _empty_device_cache() -> None:
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,105 @@
+"""Genesis entry point.
+
+    python server.py [serve] [--listen 127.0.0.1] [--port 8188] [--base-directory DIR]
+    python server.py run WORKFLOW [--set NODE.INPUT=VALUE ...] [--output-dir DIR]
+    python server.py tiny-models [--dir DIR]
+
+Heavy libraries (torch, diffusers) are imported only when a node needs them, so the server
+answers its first request quickly.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent
+SUBCOMMANDS = ("serve", "run", "tiny-models")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--base-directory", type=Path, default=None,
+                        help="where models/, input/, output/, temp/ and user/ live (default: the repo root)")
+    parser.add_argument("--extra-model-paths-config", type=Path, action="append", default=[],
+                        help="extra_model_paths.yaml files (one next to server.py is read automatically)")
+    parser.add_argument("--cpu", action="store_true", help="run models on the CPU even when a GPU is present")
+    parser.add_argument("--dtype", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
+                        help="compute dtype of the models")
+    parser.add_argument("--fp8-weights", action="store_true", help="store diffusion weights in fp8, upcast to compute")
+    parser.add_argument("--cache-budget-mb", type=int, default=2048, help="memory budget of the output cache")
+    parser.add_argument("--model-budget-mb", type=int, default=None, help="memory budget of resident models")
+    parser.add_argument("--preview-method", choices=("auto", "latent2rgb", "none"), default="auto")
+    parser.add_argument("--verbose", "-v", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="server.py", description="Genesis node-graph runtime")
+    sub = parser.add_subparsers(dest="command")
+    serve = sub.add_parser("serve", help="serve the canvas and the ComfyUI-compatible API (default)")
+    _common(serve)
+    serve.add_argument("--listen", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8188)
+    serve.add_argument("--no-tiny-models", action="store_true",
+                       help="do not create the tiny demo models when no checkpoint is present")
+    serve.add_argument("--max-upload-size", type=float, default=100, help="upload limit in MB")
+    run = sub.add_parser("run", help="run a workflow file (API JSON, UI JSON or PNG) without a server")
+    _common(run)
+    run.add_argument("workflow", type=Path)
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="NODE_ID.INPUT=VALUE",
+                     help="override an input value (JSON values are parsed: 5, 1.5, true, \"text\")")
+    run.add_argument("--output-dir", type=Path, default=None, help="where SaveImage writes (default base/output)")
+    run.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    tiny = sub.add_parser("tiny-models", help="write tiny random-weight models for tests and first start")
+    tiny.add_argument("--dir", type=Path, default=None, help="models directory (default base/models)")
+    tiny.add_argument("--base-directory", type=Path, default=None)
+    return parser
+
+
+def build_paths(args: argparse.Namespace):
+    from graph_runtime.paths import FolderPaths
+
+    base = args.base_directory or REPO_ROOT
+    paths = FolderPaths(base)
+    default_yaml = REPO_ROOT / "extra_model_paths.yaml"
+    for yaml_path in ([default_yaml] if default_yaml.exists() else []) + list(args.extra_model_paths_config):
+        paths.load_extra_model_paths(yaml_path)
+    if getattr(args, "output_dir", None):
+        paths.output_dir = Path(args.output_dir).resolve()
+    return paths
+
+
+def build_options(args: argparse.Namespace):
+    from graph_runtime.context import RuntimeOptions
+
+    return RuntimeOptions(device="cpu" if args.cpu else "auto", dtype=args.dtype, fp8_weights=args.fp8_weights,
+                          preview_method=args.preview_method, cache_budget_bytes=args.cache_budget_mb << 20,
+                          model_budget_bytes=None if args.model_budget_mb is None else args.model_budget_mb << 20)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in SUBCOMMANDS + ("-h", "--help"):
+        argv.insert(0, "serve")
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    if args.command == "tiny-models":
+        from models.tools.tiny_models import main as tiny_main
+
+        target = args.dir or ((args.base_directory or REPO_ROOT) / "models")
+        return tiny_main(["--dir", str(target)])
+    if args.command == "run":
+        from graph_runtime.cli import run_workflow_command
+
+        return run_workflow_command(args, build_paths(args), build_options(args))
+    from web.app import serve
+
+    return serve(args, build_paths(args), build_options(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -109,8 +109,8 @@ class Executor:
         self.registry = registry
         self.paths = paths
         self.options = options or RuntimeOptions()
-        self.models = models or ModelManager(self.options.model_budget_bytes)
-        self.cache = cache or OutputCache(self.options.cache_budget_bytes)
+        self.models = models if models is not None else ModelManager(self.options.model_budget_bytes)
+        self.cache = cache if cache is not None else OutputCache(self.options.cache_budget_bytes)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- public -------------------------------------------------------------------------------
@@ -370,6 +370,7 @@ class _PromptRun:
         if definition.is_async:
             task = asyncio.ensure_future(self._run_node(nid, definition, inputs))
             tasks[task] = nid
+            await asyncio.sleep(0)  # let it start (and reach its first await) before other work
             return "async"
         await self._run_node(nid, definition, inputs, offload=bool(tasks))
         return "done"

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Creates .venv and installs Genesis with its pinned dependencies (idempotent, offline-friendly).
+# Usage: scripts/setup_env.sh [--test]   (--test adds the test tools and Debian's chromium)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+  .venv/bin/pip install -q --upgrade pip
+fi
+extras=""
+if [ "${1:-}" = "--test" ]; then extras="[test]"; fi
+stamp=".venv/.genesis-installed${extras}"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  # torch first, by itself, so the resolver picks the pinned pair from the local wheel store
+  .venv/bin/pip install -q "torch==2.14.1" "torchvision==0.29.1"
+  .venv/bin/pip install -q -e ".${extras}"
+  touch "$stamp"
+fi
+if [ "${1:-}" = "--test" ] && ! command -v chromium >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" = "0" ] || SUDO="sudo"
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null
+fi

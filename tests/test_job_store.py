@@ -1,0 +1,482 @@
+"""Behaviour of the durable SQLite job queue/history (graph_runtime.job_store).
+
+Stdlib only (no torch); the crash tests run a real child process and SIGKILL it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from graph_runtime.job_store import (
+    CRASH_LOOP_MESSAGE,
+    DuplicateJobError,
+    JobSort,
+    JobStateError,
+    JobStoreError,
+    JobStatus,
+    JobStore,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _prompt(seed: int = 0) -> dict:
+    return {
+        "3": {"class_type": "KSampler", "inputs": {"seed": seed, "model": ["4", 0]}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0]}},
+    }
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    s = JobStore(tmp_path / "jobs.sqlite3")
+    yield s
+    s.close()
+
+
+def add(store: JobStore, pid: str, **kw):
+    kw.setdefault("extra_data", {"client_id": "cli"})
+    kw.setdefault("outputs_to_execute", ["9"])
+    kw.setdefault("client_id", "cli")
+    return store.enqueue(pid, _prompt(), **kw)
+
+
+def claim_all(store: JobStore) -> list[str]:
+    out = []
+    while (job := store.claim_next(timeout=0)) is not None:
+        out.append(job.prompt_id)
+    return out
+
+
+# ------------------------------------------------------------------ basics / ordering
+def test_enqueue_stores_everything_and_numbers_increment(store: JobStore) -> None:
+    extra = {"client_id": "cli", "extra_pnginfo": {"workflow": {"nodes": [1, 2]}},
+             "api_key_comfy_org": "secret", "auth_token_comfy_org": "tok"}
+    a = store.enqueue("a", _prompt(7), extra_data=extra, outputs_to_execute=["9"], client_id="cli")
+    b = add(store, "b")
+    assert (a.number, b.number) == (0.0, 1.0)
+    got = store.get("a")
+    assert got is not None
+    assert got.status is JobStatus.PENDING
+    assert got.prompt == _prompt(7)
+    assert got.outputs_to_execute == ["9"]
+    assert got.client_id == "cli"
+    assert got.attempts == 0 and got.started_at is None and got.finished_at is None
+    # credentials never reach the disk
+    assert got.extra_data == {"client_id": "cli", "extra_pnginfo": {"workflow": {"nodes": [1, 2]}}}
+    raw = (store.db_path.read_bytes()
+           + Path(str(store.db_path) + "-wal").read_bytes())
+    assert b"secret" not in raw and b"tok\"" not in raw
+    assert a.queue_item() == [0, "a", _prompt(7), got.extra_data, ["9"]]
+    assert store.get("missing") is None
+
+
+def test_duplicate_prompt_id_rejected(store: JobStore) -> None:
+    add(store, "a")
+    with pytest.raises(DuplicateJobError):
+        add(store, "a")
+    assert [j.prompt_id for j in store.pending()] == ["a"]
+
+
+def test_order_priority_front_and_explicit_number(store: JobStore) -> None:
+    add(store, "n0")                       # 0
+    add(store, "n1")                       # 1
+    f = add(store, "front", front=True)    # lower than every pending
+    add(store, "explicit", number=0.5)     # between n0 and n1
+    add(store, "urgent", priority=5)       # highest priority wins regardless of number
+    f2 = add(store, "front2", front=True)  # the newest front goes first
+    assert f.number < 0 and f2.number < f.number
+    expected = ["urgent", "front2", "front", "n0", "explicit", "n1"]
+    assert [j.prompt_id for j in store.pending()] == expected
+    assert [j.prompt_id for j in store.queue_snapshot().pending] == expected
+    assert claim_all(store) == expected
+
+
+def test_front_is_lower_than_explicit_negative_numbers(store: JobStore) -> None:
+    add(store, "neg", number=-50)
+    f = add(store, "front", front=True)
+    assert f.number < -50
+    assert claim_all(store) == ["front", "neg"]
+
+
+def test_number_counter_survives_reopen(tmp_path: Path) -> None:
+    with JobStore(tmp_path / "j.db") as s:
+        add(s, "a"); add(s, "b")
+        s.clear_pending()
+    with JobStore(tmp_path / "j.db") as s:
+        assert add(s, "c").number == 2.0
+
+
+def test_claim_moves_to_running_and_counts_attempts(store: JobStore) -> None:
+    add(store, "a"); add(store, "b")
+    job = store.claim_next(timeout=0)
+    assert job is not None and job.prompt_id == "a"
+    assert job.status is JobStatus.RUNNING and job.attempts == 1 and job.started_at is not None
+    assert job.prompt == _prompt()
+    snap = store.queue_snapshot()
+    assert [j.prompt_id for j in snap.running] == ["a"]
+    assert [j.prompt_id for j in snap.pending] == ["b"]
+    assert store.queue_remaining() == 2
+    assert [j.prompt_id for j in store.running()] == ["a"]
+
+
+def test_claim_timeout_returns_none_when_empty(store: JobStore) -> None:
+    assert store.claim_next(timeout=0) is None
+    assert store.claim_next(timeout=0.01) is None
+
+
+def test_blocked_claim_wakes_on_enqueue(store: JobStore) -> None:
+    got: list = []
+    t = threading.Thread(target=lambda: got.append(store.claim_next(timeout=30)))
+    t.start()
+    add(store, "a")
+    t.join(timeout=30)
+    assert not t.is_alive()
+    assert got[0] is not None and got[0].prompt_id == "a"
+
+
+def test_close_wakes_blocked_claimer(tmp_path: Path) -> None:
+    s = JobStore(tmp_path / "j.db")
+    got: list = []
+    started = threading.Event()
+
+    def worker() -> None:
+        started.set()
+        got.append(s.claim_next(timeout=None))
+
+    t = threading.Thread(target=worker)
+    t.start()
+    started.wait(30)
+    s.close()
+    t.join(timeout=30)
+    assert not t.is_alive() and got == [None]
+
+
+def test_claim_is_atomic_across_threads(store: JobStore) -> None:
+    n_jobs, n_threads = 200, 4
+    claimed: list[list[str]] = [[] for _ in range(n_threads)]
+    barrier = threading.Barrier(n_threads + 1)
+
+    def worker(i: int) -> None:
+        barrier.wait()
+        while True:
+            job = store.claim_next(timeout=0.2)
+            if job is None:
+                return
+            claimed[i].append(job.prompt_id)
+            store.finish(job.prompt_id, JobStatus.SUCCEEDED, outputs={}, messages=[])
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n_threads)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    for k in range(n_jobs):          # enqueue while the workers claim
+        add(store, f"p{k}")
+    for t in threads:
+        t.join(timeout=60)
+    everything = [pid for lst in claimed for pid in lst]
+    assert len(everything) == n_jobs
+    assert set(everything) == {f"p{k}" for k in range(n_jobs)}
+    assert store.count([JobStatus.SUCCEEDED]) == n_jobs
+    assert store.pending() == [] and store.running() == []
+
+
+# ------------------------------------------------------------------ finish / history
+def test_finish_stores_outputs_messages_meta_error(store: JobStore) -> None:
+    add(store, "ok"); add(store, "bad")
+    store.claim_next(timeout=0)
+    outputs = {"9": {"images": [{"filename": "ComfyUI_00001_.png", "subfolder": "", "type": "output"}]}}
+    messages = [["execution_start", {"prompt_id": "ok", "timestamp": 1}],
+                ["execution_success", {"prompt_id": "ok", "timestamp": 2}]]
+    meta = {"9": {"node_id": "9", "display_node": "9", "parent_node": None, "real_node_id": "9"}}
+    store.finish("ok", JobStatus.SUCCEEDED, outputs=outputs, messages=messages, meta=meta)
+    store.claim_next(timeout=0)
+    err = {"type": "ValueError", "message": "boom", "node_id": "3"}
+    store.finish("bad", JobStatus.FAILED, outputs={}, messages=[["execution_error", err]], error=err)
+
+    ok = store.get("ok")
+    assert ok is not None and ok.status is JobStatus.SUCCEEDED and ok.finished_at is not None
+    assert (ok.outputs, ok.messages, ok.meta, ok.error) == (outputs, messages, meta, None)
+    entry = ok.history_entry()
+    assert entry["prompt"] == [0, "ok", _prompt(), {"client_id": "cli"}, ["9"]]
+    assert entry["status"] == {"status_str": "success", "completed": True, "messages": messages}
+    assert entry["outputs"] == outputs and entry["meta"] == meta
+    bad = store.get("bad")
+    assert bad is not None and bad.error == err
+    assert bad.history_entry()["status"]["status_str"] == "error"
+    assert bad.history_entry()["status"]["completed"] is False
+
+
+def test_finish_rejects_wrong_state(store: JobStore) -> None:
+    add(store, "a")
+    with pytest.raises(JobStateError):
+        store.finish("a", JobStatus.SUCCEEDED, outputs={}, messages=[])   # still pending
+    with pytest.raises(KeyError):
+        store.finish("nope", JobStatus.SUCCEEDED, outputs={}, messages=[])
+    store.claim_next(timeout=0)
+    with pytest.raises(ValueError):
+        store.finish("a", JobStatus.RUNNING, outputs={}, messages=[])
+    store.finish("a", JobStatus.INTERRUPTED, outputs={}, messages=[])
+    with pytest.raises(JobStateError):
+        store.finish("a", JobStatus.SUCCEEDED, outputs={}, messages=[])   # twice
+    job = store.get("a")
+    assert job is not None and job.status is JobStatus.INTERRUPTED
+
+
+def _run_and_finish(store: JobStore, ids: list[str], status=JobStatus.SUCCEEDED) -> None:
+    for pid in ids:
+        add(store, pid)
+        job = store.claim_next(timeout=0)
+        assert job is not None and job.prompt_id == pid
+        store.finish(pid, status, outputs={"9": {"images": [{"filename": pid}]}}, messages=[])
+
+
+def test_history_pagination_newest_first(store: JobStore) -> None:
+    ids = [f"h{i}" for i in range(10)]
+    _run_and_finish(store, ids)
+    add(store, "still_pending")
+    page = store.history(max_items=3)
+    assert [j.prompt_id for j in page.jobs] == ["h9", "h8", "h7"]
+    assert page.total == 10 and page.has_more
+    page = store.history(max_items=3, offset=9)
+    assert [j.prompt_id for j in page.jobs] == ["h0"] and not page.has_more
+    assert [j.prompt_id for j in store.history().jobs] == ids[::-1]
+    assert [j.prompt_id for j in store.history(newest_first=False, max_items=2).jobs] == ["h0", "h1"]
+    assert store.history(offset=50).jobs == []
+    with pytest.raises(ValueError):
+        store.history(statuses=[JobStatus.PENDING])
+
+
+def test_history_filters_by_status(store: JobStore) -> None:
+    _run_and_finish(store, ["s1"], JobStatus.SUCCEEDED)
+    _run_and_finish(store, ["f1"], JobStatus.FAILED)
+    _run_and_finish(store, ["s2"], JobStatus.SUCCEEDED)
+    page = store.history(statuses=["succeeded"])
+    assert [j.prompt_id for j in page.jobs] == ["s2", "s1"] and page.total == 2
+    assert store.count([JobStatus.FAILED]) == 1
+
+
+def test_list_jobs_sorts(store: JobStore) -> None:
+    _run_and_finish(store, ["a", "b"])
+    add(store, "p1"); add(store, "p2", priority=3)
+    assert [j.prompt_id for j in store.list_jobs(["pending"], sort=JobSort.QUEUE,
+                                                 descending=False).jobs] == ["p2", "p1"]
+    page = store.list_jobs(None, limit=3, sort=JobSort.CREATED)
+    assert [j.prompt_id for j in page.jobs] == ["p2", "p1", "b"] and page.total == 4
+    assert store.list_jobs([], limit=3).total == 0
+
+
+def test_history_is_capped_oldest_evicted(tmp_path: Path) -> None:
+    with JobStore(tmp_path / "j.db", max_history=3) as s:
+        _run_and_finish(s, [f"h{i}" for i in range(5)])
+        assert [j.prompt_id for j in s.history().jobs] == ["h4", "h3", "h2"]
+        assert s.get("h0") is None
+        # the payload table does not keep orphans
+        conn = sqlite3.connect(s.db_path)
+        try:
+            assert conn.execute("SELECT COUNT(*) FROM job_payloads").fetchone()[0] == 3
+        finally:
+            conn.close()
+
+
+# ------------------------------------------------------------------ delete / clear / cancel
+def test_delete_pending_only_touches_pending(store: JobStore) -> None:
+    _run_and_finish(store, ["done"])
+    add(store, "run"); store.claim_next(timeout=0)
+    add(store, "p1"); add(store, "p2"); add(store, "p3")
+    removed = store.delete_pending(["p1", "p3", "run", "done", "unknown"])
+    assert sorted(removed) == ["p1", "p3"]
+    assert [j.prompt_id for j in store.pending()] == ["p2"]
+    assert store.get("run").status is JobStatus.RUNNING
+    assert store.get("done").status is JobStatus.SUCCEEDED
+    assert store.clear_pending() == 1
+    assert store.pending() == []
+
+
+def test_cancel_pending_goes_to_history_running_reported(store: JobStore) -> None:
+    add(store, "run"); store.claim_next(timeout=0)
+    add(store, "p1"); add(store, "p2")
+    result = store.cancel(["p1", "run", "ghost"])
+    assert result.cancelled == ["p1"] and result.running == ["run"]
+    p1 = store.get("p1")
+    assert p1 is not None and p1.status is JobStatus.CANCELLED and p1.finished_at is not None
+    assert [j.prompt_id for j in store.history().jobs] == ["p1"]
+    assert [j.prompt_id for j in store.pending()] == ["p2"]
+    assert store.claim_next(timeout=0).prompt_id == "p2"
+
+
+def test_delete_and_clear_history(store: JobStore) -> None:
+    _run_and_finish(store, ["a", "b", "c"])
+    add(store, "p")
+    assert store.delete_history(["a", "p", "zzz"]) == ["a"]
+    assert [j.prompt_id for j in store.history().jobs] == ["c", "b"]
+    assert store.clear_history() == 2
+    assert store.history().total == 0
+    assert [j.prompt_id for j in store.pending()] == ["p"]
+
+
+# ------------------------------------------------------------------ durability (real crash)
+_CHILD = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from graph_runtime.job_store import JobStatus, JobStore
+
+    db, mode = Path(sys.argv[1]), sys.argv[2]
+    store = JobStore(db)
+    if mode == "first":
+        store.recover_after_restart()
+        for i in range(3):
+            store.enqueue(f"done{i}", {"n": i}, extra_data={"client_id": "c"},
+                          outputs_to_execute=["9"], client_id="c")
+            job = store.claim_next(timeout=0)
+            store.finish(job.prompt_id, JobStatus.SUCCEEDED,
+                         outputs={"9": {"images": [{"filename": f"{i}.png"}]}},
+                         messages=[["execution_success", {"prompt_id": job.prompt_id}]])
+        for i in range(20):
+            store.enqueue(f"job{i:02d}", {"n": i}, extra_data={"client_id": "c"},
+                          outputs_to_execute=["9"], client_id="c")
+        claimed = store.claim_next(timeout=0)
+    else:
+        report = store.recover_after_restart()
+        claimed = store.claim_next(timeout=0)
+    print("RUNNING", claimed.prompt_id, flush=True)
+    sys.stdin.read()   # block until killed; the parent never closes stdin first
+""")
+
+
+def _crash_child(db: Path, mode: str) -> str:
+    """Run the child until it has a job running, then SIGKILL it; return that job's id."""
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(db), mode],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("RUNNING "), (line, proc.stderr.read() if proc.poll() is not None else "")
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdin.close(); proc.stdout.close(); proc.stderr.close()
+    return line.split()[1]
+
+
+def test_sigkill_while_running_requeues_then_fails_on_second_crash(tmp_path: Path) -> None:
+    db = tmp_path / "user" / "jobs.sqlite3"
+
+    # crash 1: job00 is running, job01..job19 pending, 3 finished in history
+    assert _crash_child(db, "first") == "job00"
+    with JobStore(db) as store:
+        assert [j.prompt_id for j in store.running()] == ["job00"]   # as the crash left it
+        report = store.recover_after_restart()
+        assert report.requeued == ["job00"] and report.failed == [] and report.pending == 20
+        pending = store.pending()
+        assert [j.prompt_id for j in pending] == [f"job{i:02d}" for i in range(20)]
+        first = pending[0]
+        assert first.attempts == 1 and first.status is JobStatus.PENDING
+        assert first.prompt == {"n": 0} and first.started_at is None
+        assert all(j.attempts == 0 for j in pending[1:])
+        hist = store.history()
+        assert [j.prompt_id for j in hist.jobs] == ["done2", "done1", "done0"]
+        assert hist.jobs[0].outputs == {"9": {"images": [{"filename": "2.png"}]}}
+        assert hist.jobs[0].messages == [["execution_success", {"prompt_id": "done2"}]]
+        # new work queues behind the recovered job, numbers keep growing
+        assert store.enqueue("later", {}, extra_data={}, outputs_to_execute=[],
+                             client_id=None).number == 23.0
+
+    # crash 2: the child recovers (nothing running), claims job00 again and dies
+    assert _crash_child(db, "second") == "job00"
+    with JobStore(db) as store:
+        report = store.recover_after_restart()
+        assert report.failed == ["job00"] and report.requeued == []
+        dead = store.get("job00")
+        assert dead is not None and dead.status is JobStatus.FAILED and dead.attempts == 2
+        assert dead.error is not None and dead.error["message"] == CRASH_LOOP_MESSAGE
+        assert dead.history_entry()["status"]["completed"] is False
+        assert [j.prompt_id for j in store.pending()] == [f"job{i:02d}" for i in range(1, 20)] + ["later"]
+        assert [j.prompt_id for j in store.history().jobs] == ["job00", "done2", "done1", "done0"]
+        assert store.recover_after_restart().requeued == []   # idempotent
+
+
+def test_recovery_keeps_order_of_several_running_jobs(tmp_path: Path) -> None:
+    db = tmp_path / "j.db"
+    with JobStore(db) as s:
+        for pid in ["a", "b", "c", "d"]:
+            add(s, pid)
+        s.claim_next(timeout=0); s.claim_next(timeout=0)   # a, b running; c, d pending
+    with JobStore(db) as s:                                # "restart" without finishing
+        report = s.recover_after_restart()
+        assert report.requeued == ["a", "b"]
+        assert [j.prompt_id for j in s.pending()] == ["a", "b", "c", "d"]
+
+
+def test_recover_puts_job_before_front_queued_work(tmp_path: Path) -> None:
+    db = tmp_path / "j.db"
+    with JobStore(db) as s:
+        add(s, "a")
+        s.claim_next(timeout=0)
+        add(s, "f", front=True)
+    with JobStore(db) as s:
+        s.recover_after_restart()
+        assert [j.prompt_id for j in s.pending()] == ["a", "f"]
+
+
+def test_database_is_wal_and_json_is_text(store: JobStore) -> None:
+    add(store, "a")
+    conn = sqlite3.connect(store.db_path)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        prompt_text, typ = conn.execute(
+            "SELECT prompt, typeof(prompt) FROM job_payloads").fetchone()
+        assert typ == "text" and json.loads(prompt_text) == _prompt()
+    finally:
+        conn.close()
+
+
+def test_closed_store_refuses_work(tmp_path: Path) -> None:
+    s = JobStore(tmp_path / "j.db")
+    s.close()
+    s.close()  # idempotent
+    assert s.claim_next(timeout=0) is None
+    with pytest.raises(JobStoreError):
+        add(s, "a")
+
+
+def test_claim_is_atomic_across_connections(tmp_path: Path) -> None:
+    """Two stores on one file (two connections, no shared lock) never claim the same job."""
+    db = tmp_path / "j.db"
+    stores = [JobStore(db), JobStore(db)]
+    try:
+        for k in range(100):
+            add(stores[0], f"p{k}")
+        claimed: list[list[str]] = [[], []]
+        barrier = threading.Barrier(2)
+
+        def worker(i: int) -> None:
+            barrier.wait()
+            while (job := stores[i].claim_next(timeout=0)) is not None:
+                claimed[i].append(job.prompt_id)
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        everything = claimed[0] + claimed[1]
+        assert sorted(everything) == sorted(f"p{k}" for k in range(100))
+        assert len(set(everything)) == 100
+    finally:
+        for s in stores:
+            s.close()

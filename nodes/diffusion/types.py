@@ -62,6 +62,11 @@ class DiffusionModel:
     patches: tuple[WeightPatch, ...] = ()
     sampling: dict = field(default_factory=dict, hash=False, compare=False)  # e.g. {"shift": 1.15, "max_shift":…}
     merges: tuple = ()                # (other DiffusionModel, ratio) pairs from ModelMergeSimple
+    # The VAE latent normalisation the denoiser was trained with (model space = (raw - shift) * scale).
+    # None = the family default (SD1.5 0.18215; SDXL 0.13025; FLUX 0.3611 / 0.1159).  Loaders set
+    # these from the checkpoint's VAE config so non-standard VAEs (and tiny test models) round-trip.
+    latent_scale: float | None = None
+    latent_shift: float | None = None
 
     def with_patch(self, patch: WeightPatch) -> "DiffusionModel":
         return replace(self, patches=self.patches + (patch,))

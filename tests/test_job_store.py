@@ -275,6 +275,45 @@ def test_list_jobs_sorts(store: JobStore) -> None:
     assert store.list_jobs([], limit=3).total == 0
 
 
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_timestamps_and_duration_sort(store: JobStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    import graph_runtime.jobs.store as store_module
+
+    clock = _Clock()
+    monkeypatch.setattr(store_module.time, "time", clock)
+    for pid, seconds in [("slow", 5.0), ("fast", 1.0), ("mid", 3.0)]:
+        add(store, pid)
+        clock.now += 1
+        store.claim_next(timeout=0)
+        clock.now += seconds
+        store.finish(pid, JobStatus.SUCCEEDED, outputs={}, messages=[])
+    add(store, "waiting")
+    slow = store.get("slow")
+    assert (slow.created_at, slow.started_at, slow.finished_at) == (1000.0, 1001.0, 1006.0)
+    by_duration = store.list_jobs(None, sort=JobSort.DURATION).jobs
+    assert [j.prompt_id for j in by_duration] == ["slow", "mid", "fast", "waiting"]
+    ascending = store.list_jobs(None, sort=JobSort.DURATION, descending=False).jobs
+    assert [j.prompt_id for j in ascending] == ["fast", "mid", "slow", "waiting"]
+
+
+def test_max_attempts_is_configurable(tmp_path: Path) -> None:
+    db = tmp_path / "j.db"
+    with JobStore(db, max_attempts=1) as s:
+        add(s, "a")
+        s.claim_next(timeout=0)
+    with JobStore(db, max_attempts=1) as s:
+        report = s.recover_after_restart()
+        assert report.failed == ["a"] and report.requeued == []
+        assert s.get("a").status is JobStatus.FAILED
+
+
 def test_history_is_capped_oldest_evicted(tmp_path: Path) -> None:
     with JobStore(tmp_path / "j.db", max_history=3) as s:
         _run_and_finish(s, [f"h{i}" for i in range(5)])
@@ -447,8 +486,11 @@ def test_database_is_wal_and_json_is_text(store: JobStore) -> None:
 
 def test_closed_store_refuses_work(tmp_path: Path) -> None:
     s = JobStore(tmp_path / "j.db")
+    assert any(t.name.startswith("job-store-checkpoint") for t in threading.enumerate())
     s.close()
     s.close()  # idempotent
+    assert not any(t.name.startswith("job-store-checkpoint") and t.is_alive()
+                   for t in threading.enumerate())
     assert s.claim_next(timeout=0) is None
     with pytest.raises(JobStoreError):
         add(s, "a")

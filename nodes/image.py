@@ -6,7 +6,6 @@ torch is imported inside the functions so that starting the server does not wait
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 import re
@@ -67,18 +66,6 @@ def tensor_to_pil(image: Any) -> Any:
     return Image.fromarray(arr)
 
 
-def png_metadata(prompt: dict | None, extra_pnginfo: dict | None) -> Any:
-    """ComfyUI's PNG text chunks: ``prompt`` first, then each key of extra_pnginfo (``workflow``)."""
-    from PIL.PngImagePlugin import PngInfo
-
-    info = PngInfo()
-    if prompt is not None:
-        info.add_text("prompt", json.dumps(prompt))
-    for key, value in (extra_pnginfo or {}).items():
-        info.add_text(key, json.dumps(value))
-    return info
-
-
 def next_save_path(output_dir: Path, prefix: str, width: int, height: int) -> tuple[Path, str, int]:
     """(folder, base filename, first counter) for ``prefix`` as ComfyUI's get_save_image_path does."""
     t = time.localtime()
@@ -107,7 +94,9 @@ def save_images(ctx: NodeContext, images: Any, prefix: str, kind: str, prompt: d
     height, width = int(images.shape[1]), int(images.shape[2])
     folder, base, counter = next_save_path(root, prefix, width, height)
     subfolder = folder.relative_to(root.resolve()).as_posix() if folder != root.resolve() else ""
-    metadata = png_metadata(prompt, extra_pnginfo)
+    from graph_runtime.workflow_files.png_chunks import png_text_chunks
+
+    metadata = png_text_chunks(prompt, None, extra_pnginfo)
     results = []
     for batch_number, image in enumerate(images):
         name = f"{base.replace('%batch_num%', str(batch_number))}_{counter:05}_.png"

@@ -423,6 +423,13 @@ def test_unknown_class_keeps_links_and_reports_a_warning():
     assert any("FancyUpscaler" in w for w in result.warnings)
 
 
+def test_legacy_group_nodes_are_named_in_the_warning():
+    node = ui_node(1, "workflow>My group", widgets=[1, 2])
+    result = convert_ui_workflow(ui_workflow([node], [], extra={"groupNodes": {"My group": {}}}), CORE_DEFS)
+    assert result.prompt["1"]["class_type"] == "workflow>My group"
+    assert any("legacy group node" in w for w in result.warnings)
+
+
 @pytest.mark.parametrize("workflow, message", [
     ({"links": []}, "no 'nodes'"),
     ({"nodes": {}}, "'nodes' must be a list"),
@@ -604,6 +611,7 @@ def test_json_files_of_every_shape(tmp_path):
                           "extra_data": {"extra_pnginfo": {"workflow": workflow}}}, SD15_EXPECTED, workflow),
         "history.json": ([3, "abc", SD15_EXPECTED, {"extra_pnginfo": {"workflow": workflow}}, ["9"]],
                          SD15_EXPECTED, workflow),
+        "wrapped.json": ({"workflow": workflow}, None, workflow),
     }
     for name, (content, api, ui) in cases.items():
         path = tmp_path / name

@@ -4,8 +4,8 @@ Accepted inputs:
 
 * API-format JSON: ``{node_id: {"class_type", "inputs", ...}}``;
 * UI-format JSON: an object with a ``nodes`` list;
-* a ``POST /prompt`` body (``{"prompt": ..., "extra_data": {"extra_pnginfo": {"workflow": ...}}}``)
-  or a history entry ``[number, prompt_id, prompt, extra_data, outputs]``;
+* a ``POST /prompt`` body (``{"prompt": ..., "extra_data": {"extra_pnginfo": {"workflow": ...}}}``),
+  a history entry ``[number, prompt_id, prompt, extra_data, outputs]``, or ``{"workflow": {...}}``;
 * images: PNG ``prompt``/``workflow`` text chunks (tEXt, zTXt, iTXt), WebP/JPEG EXIF strings.
 
 Both formats are kept when present: the embedded ``prompt`` is exactly what ran, the ``workflow``
@@ -80,6 +80,8 @@ def classify_json(data: Any, *, source: str = "json", path: Path | None = None) 
         extra_data = data.get("extra_data") if isinstance(data.get("extra_data"), Mapping) else {}
         return _with_pnginfo(dict(data["prompt"]), extra_data.get("extra_pnginfo") or {}, source, path,
                              fallback_workflow=data.get("workflow"))
+    if isinstance(data, Mapping) and is_ui_workflow(data.get("workflow")):
+        return LoadedWorkflow(None, dict(data["workflow"]), source, path)
     if isinstance(data, list) and len(data) >= 4 and is_api_prompt(data[2]):
         extra_data = data[3] if isinstance(data[3], Mapping) else {}
         return _with_pnginfo(dict(data[2]), extra_data.get("extra_pnginfo") or {}, source, path)

@@ -11,14 +11,11 @@ after the image data), and for WebP/JPEG the EXIF convention of ComfyUI's animat
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import IO, Any, Mapping
 
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
-
-log = logging.getLogger(__name__)
 
 
 def png_text_chunks(prompt: Mapping[str, Any] | None, workflow: Mapping[str, Any] | None = None,

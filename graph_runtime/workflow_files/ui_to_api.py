@@ -382,8 +382,12 @@ class _Converter:
                     mapped[name] = value
             inputs.update({k: _wrap(v) for k, v in mapped.items()})
         else:
-            self.warn(f"node {exec_id}: unknown node type {class_type!r}; only its links and "
-                      "named widget values are kept")
+            if class_type.startswith(("workflow>", "workflow/")):
+                self.warn(f"node {exec_id}: legacy group node {class_type!r} is not supported; convert "
+                          "it to a subgraph in the ComfyUI frontend")
+            else:
+                self.warn(f"node {exec_id}: unknown node type {class_type!r}; only its links and "
+                          "named widget values are kept")
             if isinstance(values, Mapping):
                 inputs.update({k: _wrap(v) for k, v in values.items() if k not in _CONTROL_WIDGET_NAMES})
         for entry in node.get("inputs") or []:

@@ -168,7 +168,8 @@ def test_dict_form_widgets_values_map_by_name():
     [42, "fixed", 20, 8, "euler", "normal", 1],
     [42, True, 20, 8, "euler", "normal", 1],            # the first frontends saved a boolean toggle
     [42, 20, 8, "euler", "normal", 1],                  # newest frontend keeps the control out of the list
-], ids=["randomize", "fixed", "boolean", "no-control"])
+    [42, None, 20, 8, "euler", "normal", 1],            # a hole where an unserialised widget was
+], ids=["randomize", "fixed", "boolean", "no-control", "hole"])
 def test_seed_control_value_is_skipped(widgets):
     nodes, links = sd15_nodes(widgets)
     assert inputs_of(convert_ui_to_api(ui_workflow(nodes, links), CORE_DEFS), "3") == SD15_EXPECTED["3"]["inputs"]
@@ -402,6 +403,39 @@ def test_bypass_inside_a_subgraph():
     prompt = convert_ui_to_api(workflow, CORE_DEFS)
     assert inputs_of(prompt, "20:5:3")["positive"] == ["10:2", 0]
     assert inputs_of(prompt, "10:2") == {"conditioning": ["10:1", 0]}
+
+
+def test_subgraph_definitions_nested_inside_definitions_are_found():
+    workflow, expected = _load_nested()
+    encode, inner, outer = workflow["definitions"]["subgraphs"]
+    workflow["definitions"]["subgraphs"] = [encode, outer]
+    outer["definitions"] = {"subgraphs": [inner]}
+    assert convert_ui_to_api(workflow, CORE_DEFS) == expected
+
+
+def test_official_z_image_turbo_template():
+    """The frontend's Z-Image-Turbo template: one subgraph instance (57) feeding SaveImage (9).
+
+    comfyui-frontend.md §5 records what the real frontend sent for it: inner ids ``57:3``
+    (KSampler), ``57:8`` ..., links such as ``["57:8", 0]``.
+    """
+    templates = pytest.importorskip("comfyui_workflow_templates_json")
+    path = Path(templates.__file__).parent / "templates" / "image_z_image_turbo.json"
+    if not path.is_file():
+        pytest.skip("template not shipped in this package version")
+    loaded = load_workflow_file(path)
+    result = convert_ui_workflow(loaded.ui_workflow, CORE_DEFS)
+    assert result.warnings == []
+    prompt = result.prompt
+    assert {k: v["class_type"] for k, v in prompt.items()} == {
+        "57:3": "KSampler", "57:8": "VAEDecode", "57:11": "ModelSamplingAuraFlow", "57:13": "EmptySD3LatentImage",
+        "57:27": "CLIPTextEncode", "57:28": "UNETLoader", "57:29": "VAELoader", "57:30": "CLIPLoader",
+        "57:33": "ConditioningZeroOut", "9": "SaveImage"}
+    assert inputs_of(prompt, "9")["images"] == ["57:8", 0]
+    sampler = inputs_of(prompt, "57:3")
+    assert (sampler["model"], sampler["positive"], sampler["negative"], sampler["latent_image"]) == (
+        ["57:11", 0], ["57:27", 0], ["57:33", 0], ["57:13", 0])
+    assert "control_after_generate" not in sampler and isinstance(sampler["seed"], int)
 
 
 def test_subgraph_that_contains_itself_is_rejected():

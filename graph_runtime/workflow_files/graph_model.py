@@ -135,18 +135,27 @@ def _order_key(node: Mapping[str, Any]) -> float:
 
 
 def subgraph_definitions(workflow: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
-    """``definitions.subgraphs`` keyed by id (the ``type`` of their instance nodes)."""
-    definitions = workflow.get("definitions") or {}
-    if not isinstance(definitions, Mapping):
-        raise WorkflowFormatError("'definitions' must be an object")
-    subgraphs = definitions.get("subgraphs") or []
-    if not isinstance(subgraphs, list):
-        raise WorkflowFormatError("'definitions.subgraphs' must be a list")
+    """``definitions.subgraphs`` keyed by id (the ``type`` of their instance nodes).
+
+    Definitions normally all sit at the root; definitions nested inside a subgraph's own
+    ``definitions`` are collected too (the first one seen wins for a repeated id).
+    """
     result: dict[str, Mapping[str, Any]] = {}
-    for index, sub in enumerate(subgraphs):
-        if not isinstance(sub, Mapping) or not isinstance(sub.get("id"), str):
-            raise WorkflowFormatError(f"subgraph definition #{index} has no string 'id'")
-        if not isinstance(sub.get("nodes"), list):
-            raise WorkflowFormatError(f"subgraph {sub['id']} has no 'nodes' list")
-        result[sub["id"]] = sub
+    pending: list[Mapping[str, Any]] = [workflow]
+    while pending:
+        holder = pending.pop(0)
+        definitions = holder.get("definitions") or {}
+        if not isinstance(definitions, Mapping):
+            raise WorkflowFormatError("'definitions' must be an object")
+        subgraphs = definitions.get("subgraphs") or []
+        if not isinstance(subgraphs, list):
+            raise WorkflowFormatError("'definitions.subgraphs' must be a list")
+        for index, sub in enumerate(subgraphs):
+            if not isinstance(sub, Mapping) or not isinstance(sub.get("id"), str):
+                raise WorkflowFormatError(f"subgraph definition #{index} has no string 'id'")
+            if not isinstance(sub.get("nodes"), list):
+                raise WorkflowFormatError(f"subgraph {sub['id']} has no 'nodes' list")
+            if sub["id"] not in result:
+                result[sub["id"]] = sub
+                pending.append(sub)
     return result

@@ -30,6 +30,8 @@ _LAYOUT_VARIANTS = (
 
 
 def _frontend_value_ok(kind: SlotKind, value: Any) -> bool:
+    if value is None:  # a hole left by a widget that was not serialised
+        return True
     if kind is SlotKind.CONTROL:
         # Early frontends saved the control as a "randomize after generation" boolean.
         return isinstance(value, bool) or value in CONTROL_MODES

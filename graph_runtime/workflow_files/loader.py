@@ -43,7 +43,8 @@ class LoadedWorkflow:
     path: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def to_api_prompt(self, node_defs: Mapping[str, Mapping[str, Any]], *, prefer_embedded: bool = True) -> dict[str, Any]:
+    def to_api_prompt(self, node_defs: Mapping[str, Mapping[str, Any]], *,
+                      prefer_embedded: bool = True) -> dict[str, Any]:
         """The prompt to run: the embedded API prompt, or the UI workflow converted with ``node_defs``."""
         if self.api_prompt is not None and (prefer_embedded or self.ui_workflow is None):
             return copy.deepcopy(self.api_prompt)

@@ -141,7 +141,7 @@ class _Converter:
                 return target, str(entry["widget"].get("name") or entry.get("name"))
         return None
 
-    def _widget_has_control(self, graph: Graph, node: Mapping[str, Any], widget: str, depth: int) -> bool:
+    def _widget_has_control(self, node: Mapping[str, Any], widget: str, depth: int) -> bool:
         """Whether the concrete widget behind a (possibly nested) promoted input has a control."""
         while self.is_instance(node) and depth <= len(self.subgraphs_raw):
             graph = self.subgraph(node["type"])
@@ -189,7 +189,7 @@ class _Converter:
                     break
                 mapped[j] = values[index]
                 index += 1
-                if self._widget_has_control(graph, *targets[j], depth=len(scope.subgraph_chain)):
+                if self._widget_has_control(*targets[j], depth=len(scope.subgraph_chain)):
                     index += 1
             if index == len(values):
                 scope.promoted.update({j: v for j, v in mapped.items() if v is not None})
@@ -412,6 +412,7 @@ def convert_ui_workflow(workflow: Mapping[str, Any], node_defs: Mapping[str, Map
     return _Converter(workflow, node_defs).run()
 
 
-def convert_ui_to_api(workflow: Mapping[str, Any], node_defs: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+def convert_ui_to_api(workflow: Mapping[str, Any],
+                      node_defs: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     """Convert a UI-format workflow to an API prompt ``{node_id: {class_type, inputs, _meta}}``."""
     return convert_ui_workflow(workflow, node_defs).prompt

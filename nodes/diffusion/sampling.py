@@ -376,7 +376,9 @@ def sample(req: SamplingRequest, run: RunOptions) -> SamplingResult:
         # hand leftover noise on in the k-diffusion convention x0 + σ·ε
         latents = latents * math.sqrt(1.0 + _sigma_at(sched, last, timesteps[last]) ** 2)
     out_latent = {k: v for k, v in req.latent.items() if k != "samples"}
-    out_latent["samples"] = (latents / scale + shift).float().cpu()
+    # contiguous: the inpaint blend can yield channels-last strides, and convolutions on those take
+    # other kernels (1e-6 drift in the VAE decode)
+    out_latent["samples"] = (latents / scale + shift).float().cpu().contiguous()
     denoised = dict(out_latent)
-    denoised["samples"] = (x0 / scale + shift).float().cpu()
+    denoised["samples"] = (x0 / scale + shift).float().cpu().contiguous()
     return SamplingResult(out_latent, denoised, done)

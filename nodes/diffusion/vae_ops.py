@@ -37,7 +37,9 @@ def encode(vae: VaeModel, pixels: torch.Tensor) -> torch.Tensor:
     pixels, _ = crop_to_multiple(pixels[..., :3], vae.downscale)
     x = pixels.permute(0, 3, 1, 2).to(device=device, dtype=dtype) * 2.0 - 1.0
     dist = vae.vae.encode(x).latent_dist
-    return dist.mode().float().cpu()
+    # contiguous: the posterior mean is a strided (channels-last) view, and layouts propagate through
+    # every later op into convolution kernel choices (1e-6 drift)
+    return dist.mode().float().cpu().contiguous()
 
 
 @torch.no_grad()

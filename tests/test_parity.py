@@ -1,0 +1,209 @@
+"""Node chain vs diffusers pipeline: same tiny model, seed, steps, sampler and guidance → same image.
+
+Each test runs encode → KSampler → VAEDecode through the node classes' ``execute`` and the matching
+diffusers pipeline with an independently configured scheduler, on CPU in float32.  The required
+bound is 1e-4; we assert the tightest one that holds, **exact equality** (max abs difference 0.0):
+the node loop makes the same batched ``[uncond, cond]`` UNet call, shares one CPU generator between
+the initial noise and ``scheduler.step``, and keeps latents contiguous (a channels-last latent
+would pick other convolution kernels and drift by ~1e-6), so both sides execute the same kernels
+on the same values.  Text encoding uses the pipeline's own
+``encode_prompt`` output wrapped as CondEntry (the text-encode nodes are tested by the loader pack).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nodes.diffusion.types import CondEntry
+from nodes.latent import EmptyLatentImage, EmptySD3LatentImage, SetLatentNoiseMask, VAEDecode, VAEEncode
+from nodes.sampling import KSampler
+from tests import sampling_fixtures as fx
+
+TOL = 0.0  # see the module docstring: the chains are bit-exact (required: <= 1e-4)
+SEED = 1234
+
+
+def _max_diff(node_image: torch.Tensor, pipe_images: torch.Tensor) -> float:
+    assert node_image.shape == pipe_images.permute(0, 2, 3, 1).shape
+    return (node_image - pipe_images.permute(0, 2, 3, 1)).abs().max().item()
+
+
+def _sd_pipe(tiny: fx.Tiny, cls=None, scheduler=None):
+    from diffusers import StableDiffusionPipeline
+
+    c = tiny.components
+    cls = cls or StableDiffusionPipeline
+    return cls(vae=c["vae"], text_encoder=c["text_encoder"], tokenizer=c["tokenizer"], unet=c["unet"],
+               scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
+def _pipe_scheduler(name: str, base_config: dict, **kwargs):
+    import diffusers
+
+    return getattr(diffusers, name).from_config(base_config, **kwargs)
+
+
+# (ComfyUI sampler, scheduler) → the diffusers scheduler a user would configure for it by hand
+SD_CASES = [
+    ("euler", "normal", "EulerDiscreteScheduler", {"timestep_spacing": "linspace"}),
+    ("euler_ancestral", "simple", "EulerAncestralDiscreteScheduler", {"timestep_spacing": "trailing"}),
+    ("dpmpp_2m", "karras", "DPMSolverMultistepScheduler",
+     {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True, "solver_order": 2}),
+    ("dpmpp_2m_sde", "normal", "DPMSolverMultistepScheduler",
+     {"algorithm_type": "sde-dpmsolver++", "timestep_spacing": "linspace"}),
+    ("ddim", "ddim_uniform", "DDIMScheduler", {"timestep_spacing": "leading", "steps_offset": 1}),
+    ("heun", "normal", "HeunDiscreteScheduler", {"timestep_spacing": "linspace"}),
+    ("uni_pc", "exponential", "UniPCMultistepScheduler", {"use_exponential_sigmas": True}),
+]
+
+
+def _ksample(tmp_path, model, positive, negative, latent, *, sampler="euler", scheduler="normal", steps=4, cfg=7.5,
+             denoise=1.0, seed=SEED):
+    return KSampler().execute(fx.make_ctx(tmp_path), model=model, seed=seed, steps=steps, cfg=cfg,
+                              sampler_name=sampler, scheduler=scheduler, positive=positive, negative=negative,
+                              latent_image=latent, denoise=denoise)[0]
+
+
+@pytest.mark.parametrize("sampler,scheduler,pipe_cls,pipe_kwargs", SD_CASES, ids=[f"{a}-{b}" for a, b, *_ in SD_CASES])
+def test_sd15_txt2img_matches_pipeline(tmp_path, sampler, scheduler, pipe_cls, pipe_kwargs):
+    tiny = fx.sd15()
+    base = dict(tiny.components["scheduler"].config)
+    pipe = _sd_pipe(tiny, scheduler=_pipe_scheduler(pipe_cls, base, **pipe_kwargs))
+    pos, neg = pipe.encode_prompt("a photo of a cat", "cpu", 1, True, "blurry, low quality")
+    latent = EmptyLatentImage().execute(fx.make_ctx(tmp_path), width=64, height=64, batch_size=1)[0]
+    out = _ksample(tmp_path, tiny.model, [CondEntry(pos)], [CondEntry(neg)], latent, sampler=sampler,
+                   scheduler=scheduler)
+    image = VAEDecode().execute(fx.make_ctx(tmp_path), samples=out, vae=tiny.vae)[0]
+    ref = pipe(prompt_embeds=pos, negative_prompt_embeds=neg, num_inference_steps=4, guidance_scale=7.5,
+               generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt", height=64, width=64).images
+    assert _max_diff(image, ref) <= TOL
+    assert image.std() > 0.01  # a real image, not a constant
+
+
+def test_sd15_cfg_one_skips_uncond_like_pipeline(tmp_path):
+    """cfg == 1: diffusers runs the positive prompt only; so does KSampler."""
+    tiny = fx.sd15()
+    pipe = _sd_pipe(tiny, scheduler=_pipe_scheduler("EulerDiscreteScheduler", dict(tiny.components["scheduler"].config),
+                                                    timestep_spacing="linspace"))
+    pos, _ = pipe.encode_prompt("a red car", "cpu", 1, False)
+    neg = torch.zeros_like(pos) + 5.0  # would change the result if it were used
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    out = _ksample(tmp_path, tiny.model, [CondEntry(pos)], [CondEntry(neg)], latent, cfg=1.0)
+    image = VAEDecode().execute(fx.make_ctx(tmp_path), samples=out, vae=tiny.vae)[0]
+    ref = pipe(prompt_embeds=pos, num_inference_steps=4, guidance_scale=1.0,
+               generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt", height=64, width=64).images
+    assert _max_diff(image, ref) <= TOL
+
+
+def test_sd15_batch_of_two_matches_pipeline(tmp_path):
+    tiny = fx.sd15()
+    pipe = _sd_pipe(tiny, scheduler=_pipe_scheduler("EulerAncestralDiscreteScheduler",
+                                                    dict(tiny.components["scheduler"].config),
+                                                    timestep_spacing="linspace"))
+    pos, neg = pipe.encode_prompt("a dog", "cpu", 1, True, "ugly")
+    latent = EmptyLatentImage().execute(fx.make_ctx(tmp_path), width=64, height=64, batch_size=2)[0]
+    out = _ksample(tmp_path, tiny.model, [CondEntry(pos)], [CondEntry(neg)], latent, sampler="euler_ancestral")
+    image = VAEDecode().execute(fx.make_ctx(tmp_path), samples=out, vae=tiny.vae)[0]
+    ref = pipe(prompt_embeds=pos, negative_prompt_embeds=neg, num_inference_steps=4, guidance_scale=7.5,
+               num_images_per_prompt=2, generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt",
+               height=64, width=64).images
+    assert _max_diff(image, ref) <= TOL
+    assert (image[0] - image[1]).abs().max() > 1e-3  # two different images from one seed
+
+
+def test_sdxl_txt2img_matches_pipeline(tmp_path):
+    from diffusers import StableDiffusionXLPipeline
+
+    tiny = fx.sdxl()
+    c = dict(tiny.components)
+    c["scheduler"] = _pipe_scheduler("EulerDiscreteScheduler", dict(c["scheduler"].config), timestep_spacing="linspace")
+    pipe = StableDiffusionXLPipeline(**c)
+    pe, npe, ppe, nppe = pipe.encode_prompt("a castle on a hill", device="cpu", num_images_per_prompt=1,
+                                            do_classifier_free_guidance=True, negative_prompt="blurry")
+    latent = EmptyLatentImage().execute(fx.make_ctx(tmp_path), width=64, height=64, batch_size=1)[0]
+    out = _ksample(tmp_path, tiny.model, [CondEntry(pe, {"pooled_output": ppe})],
+                   [CondEntry(npe, {"pooled_output": nppe})], latent, cfg=5.0)
+    image = VAEDecode().execute(fx.make_ctx(tmp_path), samples=out, vae=tiny.vae)[0]
+    ref = pipe(prompt_embeds=pe, negative_prompt_embeds=npe, pooled_prompt_embeds=ppe,
+               negative_pooled_prompt_embeds=nppe, num_inference_steps=4, guidance_scale=5.0,
+               generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt", height=64, width=64).images
+    assert _max_diff(image, ref) <= TOL
+
+
+@pytest.mark.parametrize("dev", [True, False], ids=["dev-guidance", "schnell"])
+def test_flux_txt2img_matches_pipeline(tmp_path, dev):
+    from diffusers import FluxPipeline
+
+    tiny = fx.flux(dev)
+    pipe = FluxPipeline(**tiny.components)
+    pe, ppe, _ = pipe.encode_prompt("a bowl of fruit", prompt_2=None, device="cpu", num_images_per_prompt=1,
+                                    max_sequence_length=32)
+    guidance = 4.0
+    positive = [CondEntry(pe, {"pooled_output": ppe, "guidance": guidance})]  # FluxGuidance's option
+    latent = EmptySD3LatentImage().execute(fx.make_ctx(tmp_path), width=64, height=64, batch_size=1)[0]
+    out = _ksample(tmp_path, tiny.model, positive, [CondEntry(torch.zeros_like(pe), {"pooled_output": ppe})],
+                   latent, sampler="euler", scheduler="simple", cfg=1.0)
+    image = VAEDecode().execute(fx.make_ctx(tmp_path), samples=out, vae=tiny.vae)[0]
+    ref = pipe(prompt_embeds=pe, pooled_prompt_embeds=ppe, num_inference_steps=4, guidance_scale=guidance,
+               generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt", height=64, width=64).images
+    assert _max_diff(image, ref) <= TOL
+    if dev:  # the guidance value reaches the guidance embedding
+        other = _ksample(tmp_path, tiny.model, [positive[0].with_options(guidance=1.0)], None, latent,
+                         scheduler="simple", cfg=1.0)
+        assert (other["samples"] - out["samples"]).abs().max() > 1e-4
+
+
+def _source_image(seed: int = 5) -> torch.Tensor:
+    g = torch.Generator("cpu").manual_seed(seed)
+    base = torch.rand(1, 8, 8, 3, generator=g)
+    return torch.nn.functional.interpolate(base.permute(0, 3, 1, 2), size=(64, 64), mode="bilinear").permute(0, 2, 3, 1)
+
+
+def test_sd15_img2img_matches_pipeline(tmp_path):
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    tiny = fx.sd15()
+    sched = _pipe_scheduler("EulerDiscreteScheduler", dict(tiny.components["scheduler"].config),
+                            timestep_spacing="linspace")
+    pipe = _sd_pipe(tiny, StableDiffusionImg2ImgPipeline, sched)
+    pos, neg = pipe.encode_prompt("a watercolor house", "cpu", 1, True, "dark")
+    latent = VAEEncode().execute(fx.make_ctx(tmp_path), pixels=_source_image(), vae=tiny.vae)[0]
+    out = _ksample(tmp_path, tiny.model, [CondEntry(pos)], [CondEntry(neg)], latent, steps=5, denoise=0.6)
+    image = VAEDecode().execute(fx.make_ctx(tmp_path), samples=out, vae=tiny.vae)[0]
+    # the pipeline takes already-encoded (scaled) latents as `image`, so both sides start from the same latent
+    init = latent["samples"] * tiny.vae.scaling_factor
+    ref = pipe(prompt_embeds=pos, negative_prompt_embeds=neg, image=init, strength=0.6, num_inference_steps=5,
+               guidance_scale=7.5, generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt").images
+    assert _max_diff(image, ref) <= TOL
+
+
+@pytest.mark.parametrize("strength", [1.0, 0.75])
+def test_sd15_inpaint_matches_pipeline(tmp_path, strength):
+    from diffusers import StableDiffusionInpaintPipeline
+
+    tiny = fx.sd15()
+    assert tiny.components["unet"].config.in_channels == 4
+    sched = _pipe_scheduler("EulerAncestralDiscreteScheduler", dict(tiny.components["scheduler"].config),
+                            timestep_spacing="linspace")
+    pipe = _sd_pipe(tiny, StableDiffusionInpaintPipeline, sched)
+    pos, neg = pipe.encode_prompt("a hat", "cpu", 1, True, "blurry")
+    latent = VAEEncode().execute(fx.make_ctx(tmp_path), pixels=_source_image(), vae=tiny.vae)[0]
+    mask = torch.zeros(1, 64, 64)
+    mask[:, 16:48, 8:40] = 1.0  # aligned to the 8-pixel latent grid, so nearest and bilinear agree
+    masked = SetLatentNoiseMask().execute(fx.make_ctx(tmp_path), samples=latent, mask=mask)[0]
+    out = _ksample(tmp_path, tiny.model, [CondEntry(pos)], [CondEntry(neg)], masked, sampler="euler_ancestral",
+                   denoise=strength)
+    image = VAEDecode().execute(fx.make_ctx(tmp_path), samples=out, vae=tiny.vae)[0]
+    init = latent["samples"] * tiny.vae.scaling_factor
+    ref = pipe(prompt_embeds=pos, negative_prompt_embeds=neg, image=init, mask_image=mask[:, None],
+               masked_image_latents=init, strength=strength, num_inference_steps=4, guidance_scale=7.5,
+               height=64, width=64, generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt").images
+    assert _max_diff(image, ref) <= TOL
+    # outside the mask the latent is the source latent (up to the ×scale ÷scale round trip)
+    keep = torch.ones(1, 1, 8, 8, dtype=torch.bool)
+    keep[..., 2:6, 1:5] = False
+    kept_out = out["samples"][keep.expand_as(out["samples"])]
+    kept_src = latent["samples"][keep.expand_as(latent["samples"])]
+    assert torch.allclose(kept_out, kept_src, rtol=0, atol=1e-6)
+    inside = ~keep.expand_as(out["samples"])
+    assert (out["samples"][inside] - latent["samples"][inside]).abs().max() > 1e-2

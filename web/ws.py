@@ -1,0 +1,284 @@
+"""The WebSocket hub: ComfyUI's ``/ws`` protocol, fed by runtime events from the worker thread.
+
+Why it is built this way:
+
+* Events are produced on the executor's worker thread.  ``on_event`` only appends to a
+  deque and, at most once per batch, wakes the event loop with ``call_soon_threadsafe``;
+  encoding and sending happen on the loop.  So execution never waits for a socket.
+* Every socket has its own bounded queue and sender task.  A socket that stops reading
+  fills its queue; it is then closed and forgotten (the frontend reconnects and re-reads
+  the queue over HTTP) instead of letting memory grow or slowing the others.
+* Each message is encoded once, whatever the number of recipients; progress_state events
+  carry only the nodes that changed (see :class:`graph_runtime.events.ProgressState`),
+  so traffic per prompt is linear in its number of nodes.
+
+Addressing follows ComfyUI: a prompt's messages go to the socket whose id is the prompt's
+``client_id``, or to every socket when the prompt has no client id; ``status`` (queue
+size) always goes to everyone.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections import deque
+from typing import Any, Callable
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from graph_runtime.events import Event
+from web.previews import encode_image, legacy_frame, metadata_frame
+
+log = logging.getLogger(__name__)
+
+DEFAULT_QUEUE_LIMIT = 8192
+"""Messages a socket may have waiting before it is considered dead and closed."""
+
+CLOSE_TIMEOUT = 2.0
+
+
+def _dumps(message: dict[str, Any]) -> str:
+    return json.dumps(message, separators=(",", ":"), default=str)
+
+
+class Client:
+    """One connected socket: its id, negotiated features and outgoing queue."""
+
+    __slots__ = ("sid", "ws", "queue", "flags", "sender", "closed")
+
+    def __init__(self, sid: str, ws: web.WebSocketResponse, limit: int) -> None:
+        self.sid = sid
+        self.ws = ws
+        self.queue: asyncio.Queue[str | bytes | None] = asyncio.Queue(limit)
+        self.flags: dict[str, Any] = {}
+        self.sender: asyncio.Task | None = None
+        self.closed = False
+
+    @property
+    def wants_preview_metadata(self) -> bool:
+        return bool(self.flags.get("supports_preview_metadata"))
+
+
+class Hub:
+    """All sockets of one server, and the bridge from runtime events to them."""
+
+    def __init__(self, queue_remaining: Callable[[], int], server_features: dict[str, Any], *,
+                 queue_limit: int = DEFAULT_QUEUE_LIMIT, heartbeat: float = 30.0) -> None:
+        self._queue_remaining = queue_remaining
+        self.server_features = server_features
+        self.queue_limit = queue_limit
+        self.heartbeat = heartbeat
+        self.clients: dict[str, Client] = {}
+        self.log_subscribers: set[str] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._inbox: deque[tuple[Any, ...]] = deque()
+        self._wake_pending = False
+        self._running: dict[str, Any] | None = None  # prompt_id, client_id, node of the running prompt
+        self.dropped_clients = 0
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    async def close_all(self) -> None:
+        clients = list(self.clients.values())
+        self.clients.clear()
+        await asyncio.gather(*(self._close(c, WSCloseCode.GOING_AWAY, b"server shutdown") for c in clients),
+                             return_exceptions=True)
+        self._loop = None
+
+    # -- producers (any thread) ----------------------------------------------------------------
+    def on_event(self, event: Event, client_id: str | None) -> None:
+        """Runtime listener: queue the event for the loop (never blocks, never raises)."""
+        self._post(("event", event, client_id))
+
+    def post_log(self, entry: dict[str, str]) -> None:
+        if self.log_subscribers:
+            self._post(("log", entry))
+
+    def send_threadsafe(self, type_: str, data: Any, sid: str | None = None) -> None:
+        """Send a custom JSON message from any thread (to ``sid``, or to all)."""
+        self._post(("custom", type_, data, sid))
+
+    def _post(self, item: tuple[Any, ...]) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        self._inbox.append(item)
+        if not self._wake_pending:
+            self._wake_pending = True
+            try:
+                loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:  # loop closed: the server is shutting down
+                self._wake_pending = False
+
+    # -- the loop side -------------------------------------------------------------------------
+    def _drain(self) -> None:
+        # Clear the flag first: anything appended from now on is either popped below or
+        # schedules another drain.
+        self._wake_pending = False
+        inbox = self._inbox
+        while inbox:
+            item = inbox.popleft()
+            try:
+                kind = item[0]
+                if kind == "event":
+                    self._dispatch(item[1], item[2])
+                elif kind == "log":
+                    self._send_logs(item[1])
+                else:
+                    self.send(item[1], item[2], item[3])
+            except Exception:
+                log.exception("could not deliver %r", item[:2])
+
+    def _targets(self, client_id: str | None) -> list[Client]:
+        if client_id:
+            client = self.clients.get(client_id)
+            return [client] if client is not None else []
+        return list(self.clients.values())
+
+    def _dispatch(self, event: Event, client_id: str | None) -> None:
+        kind = event.type
+        self._track_running(event, client_id)
+        if kind == "preview":
+            self._send_preview(event, self._targets(client_id))
+            return
+        targets = list(self.clients.values()) if kind == "status" else self._targets(client_id)
+        if not targets:
+            return
+        text = _dumps({"type": kind, "data": event.data()})
+        for client in targets:
+            self._offer(client, text)
+
+    def _track_running(self, event: Event, client_id: str | None) -> None:
+        kind = event.type
+        if kind == "execution_start":
+            self._running = {"prompt_id": event.prompt_id, "client_id": client_id, "node": None}
+        elif kind == "executing" and self._running is not None:
+            node = getattr(event, "node", None)
+            if node is None:
+                self._running = None
+            else:
+                self._running["node"] = node
+
+    def _send_preview(self, event: Any, targets: list[Client]) -> None:
+        if not targets or event.image is None:
+            return
+        data, mime = encode_image(event.image, getattr(event, "image_format", "JPEG"))
+        legacy = rich = None
+        for client in targets:
+            if client.wants_preview_metadata:
+                if rich is None:
+                    rich = metadata_frame(data, mime, node_id=event.node_id, prompt_id=event.prompt_id,
+                                          display_node_id=event.display_node_id or event.node_id)
+                self._offer(client, rich)
+            else:
+                if legacy is None:
+                    legacy = legacy_frame(data, mime)
+                self._offer(client, legacy)
+
+    def _send_logs(self, entry: dict[str, str]) -> None:
+        from web.logbuffer import terminal_size
+
+        text = _dumps({"type": "logs", "data": {"entries": [entry], "size": terminal_size()}})
+        for sid in list(self.log_subscribers):
+            client = self.clients.get(sid)
+            if client is not None:
+                self._offer(client, text)
+
+    def send(self, type_: str, data: Any, sid: str | None = None) -> None:
+        """Send a JSON message to ``sid`` (or to every socket) — call on the loop."""
+        text = _dumps({"type": type_, "data": data})
+        for client in self._targets(sid):
+            self._offer(client, text)
+
+    def subscribe_logs(self, sid: str, enabled: bool) -> None:
+        (self.log_subscribers.add if enabled else self.log_subscribers.discard)(sid)
+
+    def _offer(self, client: Client, message: str | bytes) -> None:
+        if client.closed:
+            return
+        try:
+            client.queue.put_nowait(message)
+        except asyncio.QueueFull:
+            log.warning("websocket %s is not reading (%d messages waiting); closing it", client.sid,
+                        client.queue.qsize())
+            self.dropped_clients += 1
+            self._forget(client)
+            asyncio.ensure_future(self._close(client, WSCloseCode.TRY_AGAIN_LATER, b"client too slow"))
+
+    def _forget(self, client: Client) -> None:
+        client.closed = True
+        if self.clients.get(client.sid) is client:
+            del self.clients[client.sid]
+        self.log_subscribers.discard(client.sid)
+        if client.sender is not None:
+            client.sender.cancel()
+
+    async def _close(self, client: Client, code: int, message: bytes) -> None:
+        self._forget(client)
+        try:
+            await asyncio.wait_for(client.ws.close(code=code, message=message), CLOSE_TIMEOUT)
+        except Exception:  # the peer is gone or stuck: drop the connection
+            transport = getattr(getattr(client.ws, "_req", None), "transport", None)
+            if transport is not None:
+                transport.abort()
+
+    @staticmethod
+    async def _pump(client: Client) -> None:
+        ws, queue = client.ws, client.queue
+        try:
+            while True:
+                message = await queue.get()
+                if message is None:
+                    return
+                if isinstance(message, str):
+                    await ws.send_str(message)
+                else:
+                    await ws.send_bytes(message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # peer went away mid-send
+            log.debug("websocket %s send failed: %s", client.sid, exc)
+            client.closed = True
+
+    # -- the /ws handler -----------------------------------------------------------------------
+    async def handle(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(heartbeat=self.heartbeat, max_msg_size=1 << 20)
+        await ws.prepare(request)
+        sid = request.query.get("clientId") or uuid.uuid4().hex
+        old = self.clients.get(sid)
+        if old is not None:
+            await self._close(old, WSCloseCode.POLICY_VIOLATION, b"replaced by a new connection")
+        client = Client(sid, ws, self.queue_limit)
+        self.clients[sid] = client
+        client.sender = asyncio.ensure_future(self._pump(client))
+        self._offer(client, _dumps({"type": "status", "data": {
+            "status": {"exec_info": {"queue_remaining": self._queue_remaining()}}, "sid": sid}}))
+        running = self._running
+        if running is not None and running["client_id"] == sid and running["node"] is not None:
+            self._offer(client, _dumps({"type": "executing", "data": {
+                "node": running["node"], "display_node": running["node"], "prompt_id": running["prompt_id"]}}))
+        try:
+            async for msg in ws:
+                if msg.type == WSMsgType.TEXT:
+                    self._on_text(client, msg.data)
+                elif msg.type == WSMsgType.ERROR:
+                    log.debug("websocket %s error: %s", sid, ws.exception())
+        finally:
+            if self.clients.get(sid) is client:
+                self._forget(client)
+            elif client.sender is not None:
+                client.sender.cancel()
+        return ws
+
+    def _on_text(self, client: Client, text: str) -> None:
+        try:
+            message = json.loads(text)
+        except ValueError:
+            return
+        if isinstance(message, dict) and message.get("type") == "feature_flags":
+            data = message.get("data")
+            client.flags = dict(data) if isinstance(data, dict) else {}
+            self._offer(client, _dumps({"type": "feature_flags", "data": self.server_features}))

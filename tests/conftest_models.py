@@ -5,13 +5,14 @@ Register from ``tests/conftest.py`` with ``pytest_plugins = [..., "tests.conftes
 * ``tiny_models_dir`` (session): a ``models/`` directory holding everything
   :func:`models.tools.tiny_models.write_tiny_models` writes (≈2 s to build). Treat it as read-only.
 * ``tiny_base_dir`` (per test): a fresh ComfyUI base directory (``models/``, ``input/``, ``output/``,
-  ``temp/``, ``user/``) whose model files are symlinks into ``tiny_models_dir``; a test may add or
+  ``temp/``, ``user/``) whose model files are hard links to ``tiny_models_dir``'s; a test may add or
   remove entries in its own ``models/<folder>/`` without touching the shared set.
 * ``tiny_paths`` (per test): :class:`FolderPaths` of ``tiny_base_dir``.
 """
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -28,15 +29,19 @@ def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return models
 
 
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another filesystem
+        shutil.copy2(src, dst)
+
+
 def link_models(shared: Path, models: Path) -> None:
-    """Mirror ``shared``'s folders under ``models`` with one symlink per entry."""
-    for folder in shared.iterdir():
-        if not folder.is_dir():
-            continue
-        target = models / folder.name
-        target.mkdir(parents=True, exist_ok=True)
-        for entry in folder.iterdir():
-            os.symlink(entry, target / entry.name, target_is_directory=entry.is_dir())
+    """Mirror ``shared`` under ``models`` with hard links (cheap, and removable per test).
+
+    Not symlinks: the runtime refuses model paths that resolve outside their folder.
+    """
+    shutil.copytree(shared, models, copy_function=_link_or_copy, dirs_exist_ok=True)
 
 
 @pytest.fixture

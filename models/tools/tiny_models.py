@@ -119,6 +119,12 @@ def _sd_scheduler(family: ModelFamily):
     return EulerDiscreteScheduler.from_config(configs.scheduler_config(family))
 
 
+def _clip_l(seed: int):
+    """The one tiny CLIP-L shared by every family, as the real ViT-L/14 text model is (SD1.5, SDXL, FLUX)."""
+    with _seeded(seed + 100):
+        return _clip("clip_l", CLIP_L_HIDDEN, with_projection=False)
+
+
 def build_sd15(seed: int = SEED) -> dict:
     """SD1.5-shaped components: unet, vae, text_encoder, tokenizer, scheduler."""
     from diffusers import UNet2DConditionModel
@@ -127,9 +133,9 @@ def build_sd15(seed: int = SEED) -> dict:
         unet = UNet2DConditionModel.from_config(configs.sd_unet_config(
             ModelFamily.SD15, block_out_channels=(32, 64), attention_levels=(True, False), layers_per_block=1,
             transformer_layers=(1, 1), cross_attention_dim=CLIP_L_HIDDEN)).eval()
-        vae = _vae(SD_LATENT_CHANNELS, *configs.VAE_LATENT_FORMAT[ModelFamily.SD15][:1], None, True)
-        te = _clip("clip_l", CLIP_L_HIDDEN, with_projection=False)
-    return dict(unet=unet, vae=vae, text_encoder=te, tokenizer=clip_tokenizer("clip_l"),
+    with _seeded(seed + 102):
+        vae = _vae(SD_LATENT_CHANNELS, configs.VAE_LATENT_FORMAT[ModelFamily.SD15][0], None, True)
+    return dict(unet=unet, vae=vae, text_encoder=_clip_l(seed), tokenizer=clip_tokenizer("clip_l"),
                 scheduler=_sd_scheduler(ModelFamily.SD15))
 
 
@@ -143,10 +149,11 @@ def build_sdxl(seed: int = SEED) -> dict:
             ModelFamily.SDXL, block_out_channels=(32, 64), attention_levels=(False, True), layers_per_block=2,
             transformer_layers=(1, 2), cross_attention_dim=CLIP_L_HIDDEN + CLIP_G_HIDDEN,
             projection_class_embeddings_input_dim=pooled + 6 * configs.SDXL_TIME_EMBED_DIM)).eval()
+    with _seeded(seed + 103):
         vae = _vae(SD_LATENT_CHANNELS, configs.VAE_LATENT_FORMAT[ModelFamily.SDXL][0], None, True)
-        te1 = _clip("clip_l", CLIP_L_HIDDEN, with_projection=False)
+    with _seeded(seed + 101):
         te2 = _clip("clip_g", CLIP_G_HIDDEN, with_projection=True)
-    return dict(unet=unet, vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=clip_tokenizer("clip_l"),
+    return dict(unet=unet, vae=vae, text_encoder=_clip_l(seed), text_encoder_2=te2, tokenizer=clip_tokenizer("clip_l"),
                 tokenizer_2=clip_tokenizer("clip_g"), scheduler=_sd_scheduler(ModelFamily.SDXL))
 
 
@@ -171,9 +178,10 @@ def build_flux(dev: bool = True, seed: int = SEED) -> dict:
         transformer = FluxTransformer2DModel.from_config(configs.flux_transformer_config(
             in_channels=FLUX_LATENT_CHANNELS * 4, num_layers=1, num_single_layers=1, head_dim=16, num_heads=2,
             joint_attention_dim=T5_D_MODEL, pooled_projection_dim=CLIP_L_HIDDEN, guidance_embeds=dev)).eval()
+    with _seeded(seed + 104):  # dev and schnell share one autoencoder, as the real ones do
         scale, shift = configs.VAE_LATENT_FORMAT[family]
         vae = _vae(FLUX_LATENT_CHANNELS, scale, shift, False)
-        te = _clip("clip_l", CLIP_L_HIDDEN, with_projection=False)
+    te = _clip_l(seed)
     t5 = build_t5(t5_tok, seed)
     return dict(transformer=transformer, vae=vae, text_encoder=te, text_encoder_2=t5, tokenizer=clip_tokenizer("clip_l"),
                 tokenizer_2=t5_tok, scheduler=FlowMatchEulerDiscreteScheduler.from_config(configs.scheduler_config(family)))

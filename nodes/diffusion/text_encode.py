@@ -254,8 +254,9 @@ def _weight_vector(seq: list[Token], device, dtype) -> torch.Tensor:
 
 
 def _apply_weights(z: torch.Tensor, z_empty: torch.Tensor, seq: list[Token]) -> torch.Tensor:
+    """Weighted positions move away from the empty prompt's embedding; weight-1 positions stay bit-exact."""
     w = _weight_vector(seq, z.device, z.dtype)
-    return (z - z_empty) * w + z_empty
+    return torch.where(w != 1.0, (z - z_empty) * w + z_empty, z)
 
 
 def _widths(clip: TextEncoders) -> dict[str, int]:

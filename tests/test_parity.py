@@ -47,6 +47,8 @@ def _pipe_scheduler(name: str, base_config: dict, **kwargs):
 SD_CASES = [
     ("euler", "normal", "EulerDiscreteScheduler", {"timestep_spacing": "linspace"}),
     ("euler_ancestral", "simple", "EulerAncestralDiscreteScheduler", {"timestep_spacing": "trailing"}),
+    ("euler", "karras", "EulerDiscreteScheduler", {"use_karras_sigmas": True, "timestep_spacing": "linspace"}),
+    ("lms", "beta", "LMSDiscreteScheduler", {"use_beta_sigmas": True, "timestep_spacing": "linspace"}),
     ("dpmpp_2m", "karras", "DPMSolverMultistepScheduler",
      {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True, "solver_order": 2}),
     ("dpmpp_2m_sde", "normal", "DPMSolverMultistepScheduler",

@@ -24,9 +24,9 @@ normal         ``timestep_spacing="linspace"`` (ComfyUI: timesteps evenly spaced
 simple         ``timestep_spacing="trailing"`` (ComfyUI: every n-th sigma from the top)
 sgm_uniform    ``timestep_spacing="trailing"`` (ComfyUI: linspace(999, 0, n+1)[:-1], the same timesteps)
 ddim_uniform   ``timestep_spacing="leading", steps_offset=1`` (ComfyUI: 1, 1+k, 1+2k … reversed)
-karras         ``use_karras_sigmas=True``
-exponential    ``use_exponential_sigmas=True``
-beta           ``use_beta_sigmas=True`` (alpha = beta = 0.6, ComfyUI's defaults)
+karras         ``use_karras_sigmas=True`` (+ ``linspace`` so the range is the model's σ_max…σ_min)
+exponential    ``use_exponential_sigmas=True`` (idem)
+beta           ``use_beta_sigmas=True`` (alpha = beta = 0.6, ComfyUI's defaults; idem)
 =============  =====================================================================
 
 For flow models the spacing is given as explicit sigmas *before* the shift (the scheduler then
@@ -308,11 +308,18 @@ def build_scheduler(scheduler_config: Mapping[str, Any], sampler: str, scheduler
     overrides: dict[str, Any] = {flag: False for flag in _SIGMA_FLAGS if _accepts(cls, flag)}
     overrides["prediction_type"] = kind if kind != "eps" else "epsilon"
     overrides.update(recipe.discrete_config)
-    if custom_sigmas is None:
+    if custom_sigmas is not None:
+        # explicit sigmas follow the k-diffusion convention (start from noise·σ_max); in diffusers'
+        # Euler that is the linspace/trailing behaviour of init_noise_sigma
+        overrides["timestep_spacing"] = "linspace"
+    else:
         if scheduler in _DISCRETE_SPACING:
             overrides.update(_DISCRETE_SPACING[scheduler])
         else:
+            # the re-spaced sigmas span the *spaced* timesteps' range in most classes: linspace
+            # spacing makes that the model's full range (σ_max … σ_min), as in ComfyUI
             overrides[_DISCRETE_SIGMA_FLAG[scheduler]] = True
+            overrides["timestep_spacing"] = "linspace"
     if zsnr:
         if not _accepts(cls, "rescale_betas_zero_snr"):
             raise ValueError(f"sampler '{sampler}' ({cls.__name__}) does not support zero-terminal-SNR (zsnr)")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from graph_runtime.context import RuntimeOptions
-from graph_runtime.events import Event, Executing, ExecutionError, Progress
+from graph_runtime.events import Event, Executing, Progress
 from graph_runtime.executor import ExecutionReport, Executor, InterruptToken
 from graph_runtime.node_info import object_info
 from graph_runtime.paths import FolderPaths
@@ -63,13 +63,17 @@ def load_api_prompt(path: Path, registry: NodeRegistry, paths: FolderPaths) -> t
         loaded = load_workflow_file(path)
     except WorkflowFormatError as exc:
         raise UsageError(f"{path}: {exc}") from exc
-    if loaded.api_prompt is not None:
-        return loaded.api_prompt, loaded.ui_workflow
+    # Prefer the UI workflow when the file has one: converting it with our node definitions fills
+    # inputs that older ComfyUI versions did not write into the embedded API prompt (defaults added
+    # since), exactly as the canvas does when the file is opened.
     if loaded.ui_workflow is not None:
         try:
             return convert_ui_to_api(loaded.ui_workflow, object_info(registry, paths)), loaded.ui_workflow
         except WorkflowFormatError as exc:
-            raise UsageError(f"{path}: {exc}") from exc
+            if loaded.api_prompt is None:
+                raise UsageError(f"{path}: {exc}") from exc
+    if loaded.api_prompt is not None:
+        return loaded.api_prompt, loaded.ui_workflow
     raise UsageError(f"{path}: no workflow found (expected API JSON, UI JSON or a PNG with a workflow)")
 
 

@@ -3,4 +3,9 @@
 PACKS = (
     "nodes.primitives",
     "nodes.image",
+    "nodes.loaders",
+    "nodes.conditioning",
+    "nodes.latent",
+    "nodes.sampling",
+    "nodes.upscale",
 )

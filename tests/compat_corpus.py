@@ -87,6 +87,11 @@ def tiny_overrides(png: Path, input_dir: Path) -> list[str]:
     sizes = [v for n in prompt.values() for k, v in n["inputs"].items()
              if k in ("width", "height") and isinstance(v, (int, float)) and v > 0]
     scale = MAX_SIDE / max(sizes) if sizes else 1.0
+    # areas have a minimum of 64 pixels: keep the smallest area at that size
+    areas = [v for n in prompt.values() if n["class_type"] == "ConditioningSetArea"
+             for k, v in n["inputs"].items() if k in ("width", "height") and isinstance(v, (int, float))]
+    if areas:
+        scale = max(scale, 64 / min(areas))
     overrides: list[str] = []
 
     def put(node_id: str, name: str, value: Any) -> None:

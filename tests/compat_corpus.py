@@ -123,8 +123,12 @@ def tiny_overrides(png: Path, input_dir: Path) -> list[str]:
                 elif name == "steps" and value > STEPS:
                     put(node_id, name, STEPS)
                 elif name in ("start_at_step", "end_at_step") and steps and value <= steps:
-                    put(node_id, name, int(round(value * STEPS / steps)))
-                elif name in ("feathering", "grow_mask_by") and scale < 1:
+                    scaled = int(round(value * STEPS / steps))
+                    start = inputs.get("start_at_step", 0)
+                    if name == "end_at_step" and value > start:  # keep at least one step to run
+                        scaled = max(scaled, int(round(start * STEPS / steps)) + 1)
+                    put(node_id, name, scaled)
+                elif name in ("feathering", "feather", "grow_mask_by") and scale < 1:
                     put(node_id, name, int(round(value * scale)))
     return overrides
 

@@ -25,6 +25,7 @@ from graph_runtime.context import NodeContext, NodeError
 from graph_runtime.schema import (MAX_RESOLUTION, Boolean, CachePolicy, Combo, Float, Int, Node, NodeResult, Output,
                                   Resource, Seed, Socket)
 from nodes.diffusion import sampling as S
+from nodes.diffusion.loading import resolve_device, resolve_dtype
 from nodes.diffusion.schedulers import (SAMPLER_NAMES, SCHEDULER_NAMES, check_combination, check_sampler,
                                         model_kind)
 from nodes.diffusion.types import DiffusionModel
@@ -33,8 +34,9 @@ _CFG = dict(min=0.0, max=100.0, step=0.1, round=0.01)
 
 
 def _run(ctx: NodeContext, req: S.SamplingRequest) -> S.SamplingResult:
-    device = S.resolve_device(ctx.options.device)
-    dtype = S.resolve_dtype(ctx.options.dtype, device, req.model.family)
+    # the loaders' device/dtype rules, so a model samples where and how it was loaded
+    device = resolve_device(ctx.options.device)
+    dtype = resolve_dtype(ctx.options.dtype, device, req.model.family)
     kind = model_kind(req.model.prediction_type)
     if req.custom_sigmas is None:
         msg = check_combination(req.sampler, req.scheduler or "simple", kind)

@@ -1,8 +1,9 @@
-"""Shared helpers for the sampling tests: tiny components wrapped as MODEL/VAE values, node contexts.
+"""Shared helpers for the sampling tests: tiny components wrapped as MODEL/CLIP/VAE values, node contexts.
 
-The tiny components come from :mod:`models.tools.tiny_models` (the loader pack's builders).  Until
-the loader nodes are used here, the tests wrap the components into DiffusionModel / VaeModel
-themselves, with the latent normalisation read from the VAE config as a loader does.
+The tiny components come from :mod:`models.tools.tiny_models` (the loader pack's builders), built
+in memory; they are wrapped into DiffusionModel / TextEncoders / VaeModel the way the loaders do
+(latent normalisation from the VAE config), so the diffusers pipelines can share the very same
+modules in the parity tests.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import torch
 from graph_runtime.context import NodeContext, RuntimeOptions
 from graph_runtime.model_manager import ModelManager
 from graph_runtime.paths import FolderPaths
-from nodes.diffusion.types import CondEntry, DiffusionModel, ModelFamily, VaeModel
+from nodes.diffusion.types import CondEntry, DiffusionModel, ModelFamily, TextEncoders, VaeModel
 
 
 @dataclass
@@ -23,6 +24,7 @@ class Tiny:
     components: dict
     model: DiffusionModel
     vae: VaeModel
+    clip: TextEncoders
 
 
 def _wrap(components: dict, family: ModelFamily, prediction: str) -> Tiny:
@@ -35,7 +37,12 @@ def _wrap(components: dict, family: ModelFamily, prediction: str) -> Tiny:
     downscale = 2 ** (len(vcfg.block_out_channels) - 1)
     vae = VaeModel(vae=components["vae"], scaling_factor=vcfg.scaling_factor, shift_factor=shift,
                    latent_channels=vcfg.latent_channels, downscale=downscale)
-    return Tiny(components, model, vae)
+    second = "t5xxl" if family.is_flux else "clip_g"
+    encoders, tokenizers = {"clip_l": components["text_encoder"]}, {"clip_l": components["tokenizer"]}
+    if "text_encoder_2" in components:
+        encoders[second], tokenizers[second] = components["text_encoder_2"], components["tokenizer_2"]
+    clip = TextEncoders(family=family, encoders=encoders, tokenizers=tokenizers, source=f"tiny-{family.value}")
+    return Tiny(components, model, vae, clip)
 
 
 @functools.lru_cache(maxsize=None)

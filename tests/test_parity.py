@@ -6,14 +6,15 @@ bound is 1e-4; we assert the tightest one that holds, **exact equality** (max ab
 the node loop makes the same batched ``[uncond, cond]`` UNet call, shares one CPU generator between
 the initial noise and ``scheduler.step``, and keeps latents contiguous (a channels-last latent
 would pick other convolution kernels and drift by ~1e-6), so both sides execute the same kernels
-on the same values.  Text encoding uses the pipeline's own
-``encode_prompt`` output wrapped as CondEntry (the text-encode nodes are tested by the loader pack).
+on the same values.  Prompts go through the CLIPTextEncode / FluxGuidance nodes on our side and
+through the pipeline's own text encoding on the other, so the whole chain text → image is compared.
 """
 from __future__ import annotations
 
 import pytest
 import torch
 
+from nodes.conditioning import CLIPTextEncode, FluxGuidance
 from nodes.diffusion.types import CondEntry
 from nodes.latent import EmptyLatentImage, EmptySD3LatentImage, SetLatentNoiseMask, VAEDecode, VAEEncode
 from nodes.sampling import KSampler
@@ -21,6 +22,10 @@ from tests import sampling_fixtures as fx
 
 TOL = 0.0  # see the module docstring: the chains are bit-exact (required: <= 1e-4)
 SEED = 1234
+
+
+def _encode(tmp_path, tiny: fx.Tiny, text: str):
+    return CLIPTextEncode().execute(fx.make_ctx(tmp_path, class_type="CLIPTextEncode"), text=text, clip=tiny.clip)[0]
 
 
 def _max_diff(node_image: torch.Tensor, pipe_images: torch.Tensor) -> float:
@@ -71,12 +76,12 @@ def test_sd15_txt2img_matches_pipeline(tmp_path, sampler, scheduler, pipe_cls, p
     tiny = fx.sd15()
     base = dict(tiny.components["scheduler"].config)
     pipe = _sd_pipe(tiny, scheduler=_pipe_scheduler(pipe_cls, base, **pipe_kwargs))
-    pos, neg = pipe.encode_prompt("a photo of a cat", "cpu", 1, True, "blurry, low quality")
+    pos, neg = _encode(tmp_path, tiny, "a photo of a cat"), _encode(tmp_path, tiny, "blurry, low quality")
     latent = EmptyLatentImage().execute(fx.make_ctx(tmp_path), width=64, height=64, batch_size=1)[0]
-    out = _ksample(tmp_path, tiny.model, [CondEntry(pos)], [CondEntry(neg)], latent, sampler=sampler,
-                   scheduler=scheduler)
+    out = _ksample(tmp_path, tiny.model, pos, neg, latent, sampler=sampler, scheduler=scheduler)
     image = VAEDecode().execute(fx.make_ctx(tmp_path), samples=out, vae=tiny.vae)[0]
-    ref = pipe(prompt_embeds=pos, negative_prompt_embeds=neg, num_inference_steps=4, guidance_scale=7.5,
+    ref = pipe(prompt="a photo of a cat", negative_prompt="blurry, low quality", num_inference_steps=4,
+               guidance_scale=7.5,
                generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt", height=64, width=64).images
     assert _max_diff(image, ref) <= TOL
     assert image.std() > 0.01  # a real image, not a constant
@@ -87,12 +92,12 @@ def test_sd15_cfg_one_skips_uncond_like_pipeline(tmp_path):
     tiny = fx.sd15()
     pipe = _sd_pipe(tiny, scheduler=_pipe_scheduler("EulerDiscreteScheduler", dict(tiny.components["scheduler"].config),
                                                     timestep_spacing="linspace"))
-    pos, _ = pipe.encode_prompt("a red car", "cpu", 1, False)
-    neg = torch.zeros_like(pos) + 5.0  # would change the result if it were used
+    pos = _encode(tmp_path, tiny, "a red car")
+    neg = [CondEntry(pos[0].embeds + 5.0, pos[0].options)]  # would change the result if it were used
     latent = {"samples": torch.zeros(1, 4, 8, 8)}
-    out = _ksample(tmp_path, tiny.model, [CondEntry(pos)], [CondEntry(neg)], latent, cfg=1.0)
+    out = _ksample(tmp_path, tiny.model, pos, neg, latent, cfg=1.0)
     image = VAEDecode().execute(fx.make_ctx(tmp_path), samples=out, vae=tiny.vae)[0]
-    ref = pipe(prompt_embeds=pos, num_inference_steps=4, guidance_scale=1.0,
+    ref = pipe(prompt="a red car", num_inference_steps=4, guidance_scale=1.0,
                generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt", height=64, width=64).images
     assert _max_diff(image, ref) <= TOL
 
@@ -102,11 +107,11 @@ def test_sd15_batch_of_two_matches_pipeline(tmp_path):
     pipe = _sd_pipe(tiny, scheduler=_pipe_scheduler("EulerAncestralDiscreteScheduler",
                                                     dict(tiny.components["scheduler"].config),
                                                     timestep_spacing="linspace"))
-    pos, neg = pipe.encode_prompt("a dog", "cpu", 1, True, "ugly")
+    pos, neg = _encode(tmp_path, tiny, "a dog"), _encode(tmp_path, tiny, "ugly")
     latent = EmptyLatentImage().execute(fx.make_ctx(tmp_path), width=64, height=64, batch_size=2)[0]
-    out = _ksample(tmp_path, tiny.model, [CondEntry(pos)], [CondEntry(neg)], latent, sampler="euler_ancestral")
+    out = _ksample(tmp_path, tiny.model, pos, neg, latent, sampler="euler_ancestral")
     image = VAEDecode().execute(fx.make_ctx(tmp_path), samples=out, vae=tiny.vae)[0]
-    ref = pipe(prompt_embeds=pos, negative_prompt_embeds=neg, num_inference_steps=4, guidance_scale=7.5,
+    ref = pipe(prompt="a dog", negative_prompt="ugly", num_inference_steps=4, guidance_scale=7.5,
                num_images_per_prompt=2, generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt",
                height=64, width=64).images
     assert _max_diff(image, ref) <= TOL
@@ -120,14 +125,11 @@ def test_sdxl_txt2img_matches_pipeline(tmp_path):
     c = dict(tiny.components)
     c["scheduler"] = _pipe_scheduler("EulerDiscreteScheduler", dict(c["scheduler"].config), timestep_spacing="linspace")
     pipe = StableDiffusionXLPipeline(**c)
-    pe, npe, ppe, nppe = pipe.encode_prompt("a castle on a hill", device="cpu", num_images_per_prompt=1,
-                                            do_classifier_free_guidance=True, negative_prompt="blurry")
+    pos, neg = _encode(tmp_path, tiny, "a castle on a hill"), _encode(tmp_path, tiny, "blurry")
     latent = EmptyLatentImage().execute(fx.make_ctx(tmp_path), width=64, height=64, batch_size=1)[0]
-    out = _ksample(tmp_path, tiny.model, [CondEntry(pe, {"pooled_output": ppe})],
-                   [CondEntry(npe, {"pooled_output": nppe})], latent, cfg=5.0)
+    out = _ksample(tmp_path, tiny.model, pos, neg, latent, cfg=5.0)
     image = VAEDecode().execute(fx.make_ctx(tmp_path), samples=out, vae=tiny.vae)[0]
-    ref = pipe(prompt_embeds=pe, negative_prompt_embeds=npe, pooled_prompt_embeds=ppe,
-               negative_pooled_prompt_embeds=nppe, num_inference_steps=4, guidance_scale=5.0,
+    ref = pipe(prompt="a castle on a hill", negative_prompt="blurry", num_inference_steps=4, guidance_scale=5.0,
                generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt", height=64, width=64).images
     assert _max_diff(image, ref) <= TOL
 
@@ -138,19 +140,18 @@ def test_flux_txt2img_matches_pipeline(tmp_path, dev):
 
     tiny = fx.flux(dev)
     pipe = FluxPipeline(**tiny.components)
-    pe, ppe, _ = pipe.encode_prompt("a bowl of fruit", prompt_2=None, device="cpu", num_images_per_prompt=1,
-                                    max_sequence_length=32)
     guidance = 4.0
-    positive = [CondEntry(pe, {"pooled_output": ppe, "guidance": guidance})]  # FluxGuidance's option
+    positive = FluxGuidance().execute(fx.make_ctx(tmp_path), conditioning=_encode(tmp_path, tiny, "a bowl of fruit"),
+                                      guidance=guidance)[0]
+    negative = _encode(tmp_path, tiny, "")  # ignored at cfg 1, as in ComfyUI's FLUX workflows
     latent = EmptySD3LatentImage().execute(fx.make_ctx(tmp_path), width=64, height=64, batch_size=1)[0]
-    out = _ksample(tmp_path, tiny.model, positive, [CondEntry(torch.zeros_like(pe), {"pooled_output": ppe})],
-                   latent, sampler="euler", scheduler="simple", cfg=1.0)
+    out = _ksample(tmp_path, tiny.model, positive, negative, latent, sampler="euler", scheduler="simple", cfg=1.0)
     image = VAEDecode().execute(fx.make_ctx(tmp_path), samples=out, vae=tiny.vae)[0]
-    ref = pipe(prompt_embeds=pe, pooled_prompt_embeds=ppe, num_inference_steps=4, guidance_scale=guidance,
+    ref = pipe(prompt="a bowl of fruit", num_inference_steps=4, guidance_scale=guidance,
                generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt", height=64, width=64).images
     assert _max_diff(image, ref) <= TOL
     if dev:  # the guidance value reaches the guidance embedding
-        other = _ksample(tmp_path, tiny.model, [positive[0].with_options(guidance=1.0)], None, latent,
+        other = _ksample(tmp_path, tiny.model, [positive[0].with_options(guidance=1.0)], negative, latent,
                          scheduler="simple", cfg=1.0)
         assert (other["samples"] - out["samples"]).abs().max() > 1e-4
 
@@ -168,13 +169,13 @@ def test_sd15_img2img_matches_pipeline(tmp_path):
     sched = _pipe_scheduler("EulerDiscreteScheduler", dict(tiny.components["scheduler"].config),
                             timestep_spacing="linspace")
     pipe = _sd_pipe(tiny, StableDiffusionImg2ImgPipeline, sched)
-    pos, neg = pipe.encode_prompt("a watercolor house", "cpu", 1, True, "dark")
+    pos, neg = _encode(tmp_path, tiny, "a watercolor house"), _encode(tmp_path, tiny, "dark")
     latent = VAEEncode().execute(fx.make_ctx(tmp_path), pixels=_source_image(), vae=tiny.vae)[0]
-    out = _ksample(tmp_path, tiny.model, [CondEntry(pos)], [CondEntry(neg)], latent, steps=5, denoise=0.6)
+    out = _ksample(tmp_path, tiny.model, pos, neg, latent, steps=5, denoise=0.6)
     image = VAEDecode().execute(fx.make_ctx(tmp_path), samples=out, vae=tiny.vae)[0]
     # the pipeline takes already-encoded (scaled) latents as `image`, so both sides start from the same latent
     init = latent["samples"] * tiny.vae.scaling_factor
-    ref = pipe(prompt_embeds=pos, negative_prompt_embeds=neg, image=init, strength=0.6, num_inference_steps=5,
+    ref = pipe(prompt="a watercolor house", negative_prompt="dark", image=init, strength=0.6, num_inference_steps=5,
                guidance_scale=7.5, generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt").images
     assert _max_diff(image, ref) <= TOL
 
@@ -188,16 +189,15 @@ def test_sd15_inpaint_matches_pipeline(tmp_path, strength):
     sched = _pipe_scheduler("EulerAncestralDiscreteScheduler", dict(tiny.components["scheduler"].config),
                             timestep_spacing="linspace")
     pipe = _sd_pipe(tiny, StableDiffusionInpaintPipeline, sched)
-    pos, neg = pipe.encode_prompt("a hat", "cpu", 1, True, "blurry")
+    pos, neg = _encode(tmp_path, tiny, "a hat"), _encode(tmp_path, tiny, "blurry")
     latent = VAEEncode().execute(fx.make_ctx(tmp_path), pixels=_source_image(), vae=tiny.vae)[0]
     mask = torch.zeros(1, 64, 64)
     mask[:, 16:48, 8:40] = 1.0  # aligned to the 8-pixel latent grid, so nearest and bilinear agree
     masked = SetLatentNoiseMask().execute(fx.make_ctx(tmp_path), samples=latent, mask=mask)[0]
-    out = _ksample(tmp_path, tiny.model, [CondEntry(pos)], [CondEntry(neg)], masked, sampler="euler_ancestral",
-                   denoise=strength)
+    out = _ksample(tmp_path, tiny.model, pos, neg, masked, sampler="euler_ancestral", denoise=strength)
     image = VAEDecode().execute(fx.make_ctx(tmp_path), samples=out, vae=tiny.vae)[0]
     init = latent["samples"] * tiny.vae.scaling_factor
-    ref = pipe(prompt_embeds=pos, negative_prompt_embeds=neg, image=init, mask_image=mask[:, None],
+    ref = pipe(prompt="a hat", negative_prompt="blurry", image=init, mask_image=mask[:, None],
                masked_image_latents=init, strength=strength, num_inference_steps=4, guidance_scale=7.5,
                height=64, width=64, generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt").images
     assert _max_diff(image, ref) <= TOL

@@ -2,14 +2,12 @@
 model patches (merge, LoRA-style deltas, sampling overrides), conditioning areas/ranges, ControlNet hooks."""
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 import torch
 from PIL import Image
 
 from graph_runtime.context import Interrupted, NodeError
-from nodes.diffusion.types import CondEntry, ControlHook, WeightPatch
+from nodes.diffusion.types import ControlHook, WeightPatch
 from nodes.sampling import (BasicGuider, BasicScheduler, CFGGuider, DisableNoise, KarrasScheduler, KSampler,
                             KSamplerAdvanced, KSamplerSelect, ModelMergeSimple, ModelSamplingDiscrete,
                             ModelSamplingFlux, RandomNoise, SamplerCustom, SamplerCustomAdvanced)

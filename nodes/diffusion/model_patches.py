@@ -5,67 +5,18 @@ never changes the resident weights for good: :func:`patched_denoiser` applies th
 and LoRA patches in place for the duration of a run and restores the exact original tensors
 afterwards — also when the run is interrupted or fails.
 
-LoRA patches are applied by the loader pack's ``nodes.diffusion.lora.apply_patches`` when that
-module is present (it owns the LoRA key formats); otherwise by :func:`apply_weight_patches`, which
-understands the two delta forms types.WeightPatch documents: ``(up, down, alpha)`` low-rank
-factors and full tensors.
+LoRA patches are applied by the loader pack's :func:`nodes.diffusion.lora.apply_patches` (it owns
+the LoRA delta formats); merges are applied here, before the LoRA patches.
 """
 from __future__ import annotations
 
 import contextlib
-import logging
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import torch
 
-from nodes.diffusion.types import DiffusionModel, WeightPatch
-
-log = logging.getLogger(__name__)
-
-
-def _lora_delta(spec: Any, shape: torch.Size) -> torch.Tensor:
-    if isinstance(spec, torch.Tensor):
-        return spec.reshape(shape)
-    up, down, alpha = spec
-    rank = down.shape[0]
-    scale = (float(alpha) / rank) if alpha is not None else 1.0
-    delta = up.reshape(up.shape[0], -1).float() @ down.reshape(rank, -1).float()
-    return (delta * scale).reshape(shape)
-
-
-@contextlib.contextmanager
-def apply_weight_patches(module: torch.nn.Module, patches: Sequence[WeightPatch]) -> Iterator[torch.nn.Module]:
-    """Add each patch's deltas × strength to ``module``'s parameters; restore the originals on exit."""
-    if not patches:
-        yield module
-        return
-    params = dict(module.named_parameters())
-    saved: dict[str, torch.Tensor] = {}
-    try:
-        with torch.no_grad():
-            for patch in patches:
-                for name, spec in patch.deltas.items():
-                    p = params.get(name)
-                    if p is None:
-                        log.warning("patch %s: no parameter %s in %s", patch.name, name, type(module).__name__)
-                        continue
-                    if name not in saved:
-                        saved[name] = p.detach().clone()
-                    delta = _lora_delta(spec, p.shape).to(device=p.device, dtype=torch.float32)
-                    p.copy_((p.float() + patch.strength * delta).to(p.dtype))
-        yield module
-    finally:
-        with torch.no_grad():
-            for name, original in saved.items():
-                params[name].copy_(original)
-
-
-def _lora_context(module: torch.nn.Module, patches: Sequence[WeightPatch]):
-    try:
-        from nodes.diffusion.lora import apply_patches  # the loader pack's implementation
-    except ImportError:
-        return apply_weight_patches(module, patches)
-    return apply_patches(module, patches)
+from nodes.diffusion.lora import apply_patches
+from nodes.diffusion.types import DiffusionModel
 
 
 @contextlib.contextmanager
@@ -100,7 +51,7 @@ def _merged(module: torch.nn.Module, merges: Sequence[tuple[DiffusionModel, floa
 def patched_weights(model: DiffusionModel) -> Iterator[torch.nn.Module]:
     """The model's denoiser with its merges, then its LoRA patches, applied (restored on exit)."""
     module = model.denoiser
-    with _merged(module, model.merges), _lora_context(module, model.patches):
+    with _merged(module, model.merges), apply_patches(module, model.patches):
         yield module
 
 

@@ -142,28 +142,6 @@ class RunOptions:
     previews: bool = True
 
 
-# ---------------------------------------------------------------------------------------------
-# device / dtype
-
-def resolve_device(option: str) -> torch.device:
-    """RuntimeOptions.device → torch.device ("auto": CUDA when available)."""
-    if option in ("", "auto", None):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(option)
-
-
-def resolve_dtype(option: str, device: torch.device, family: ModelFamily | None = None) -> torch.dtype:
-    """RuntimeOptions.dtype → torch dtype ("auto": fp32 on CPU, bf16 for FLUX and fp16 otherwise on GPUs)."""
-    table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-    if option in table:
-        return table[option]
-    if device.type == "cpu":
-        return torch.float32
-    if family is not None and family.is_flux:
-        return torch.bfloat16
-    return torch.float16
-
-
 def latent_format(model: DiffusionModel) -> tuple[float, float]:
     scale, shift = DEFAULT_LATENT_FORMAT.get(model.family, (1.0, 0.0))
     return (model.latent_scale if model.latent_scale is not None else scale,

@@ -310,3 +310,95 @@ def test_nodes_declare_comfyui_interfaces():
     assert defs["DualCLIPLoader"].input_map["type"].options[:3] == ("sdxl", "sd3", "flux")
     assert defs["CLIPSetLastLayer"].input_map["stop_at_clip_layer"].min == -24
     assert defs["ImageUpscaleWithModel"].output_types == ("IMAGE",)
+
+
+# --- full-size shapes (meta tensors: no memory, no download) ----------------------------------
+
+def _meta_state(module_factory) -> dict:
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        module = module_factory()
+    return module.state_dict()
+
+
+def test_full_size_sd_configs_are_inferred():
+    """Real SD1.5 / SDXL UNet shapes give the published diffusers configs (heads included)."""
+    from diffusers import UNet2DConditionModel
+
+    from nodes.diffusion import keymaps
+
+    real = {
+        ModelFamily.SD15: dict(block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, layers_per_block=2,
+                               attention_head_dim=8, down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                               up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3),
+        ModelFamily.SDXL: dict(block_out_channels=(320, 640, 1280), cross_attention_dim=2048, layers_per_block=2,
+                               attention_head_dim=(5, 10, 20), transformer_layers_per_block=(1, 2, 10),
+                               down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                               up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                               use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+                               projection_class_embeddings_input_dim=2816),
+    }
+    for family, cfg in real.items():
+        sd = _meta_state(lambda: UNet2DConditionModel(**cfg))
+        names = keymaps.unet_diffusers_to_ldm(sd.keys(), {**cfg, "layers_per_block": 2})
+        assert len(names) == len(sd)
+        ldm = {names[k]: v for k, v in sd.items()}
+        assert families.detect({"model.diffusion_model." + k: tuple(v.shape) for k, v in ldm.items()}).family is family
+        inferred = configs.infer_sd_unet_config(ldm, family)
+        for key, value in cfg.items():
+            assert _norm(inferred[key]) == _norm(value), (family, key)
+
+
+def test_full_size_flux_and_text_encoder_configs_are_inferred():
+    from diffusers import FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    from nodes.diffusion import keymaps
+
+    flux_cfg = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+                    num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+                    axes_dims_rope=(16, 56, 56))
+    bfl = keymaps.flux_to_bfl_state_dict(_meta_state(lambda: FluxTransformer2DModel(**flux_cfg)))
+    assert families.detect({k: tuple(v.shape) for k, v in bfl.items()}).family is ModelFamily.FLUX_DEV
+    inferred = configs.infer_flux_config(bfl)
+    for key, value in flux_cfg.items():
+        assert _norm(inferred[key]) == _norm(value), key
+
+    clip_l = CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                            projection_dim=768, hidden_act="quick_gelu")
+    clip_g = CLIPTextConfig(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+                            projection_dim=1280, hidden_act="gelu")
+    for kind, cfg, cls in (("clip_l", clip_l, CLIPTextModel), ("clip_g", clip_g, CLIPTextModelWithProjection)):
+        from nodes.diffusion.keymaps import hf_clip_canonical
+
+        sd = hf_clip_canonical(_meta_state(lambda: cls(cfg)))
+        shapes = {k: tuple(v.shape) for k, v in sd.items()}
+        assert families.clip_kind(shapes, "", "hf") == kind
+        got = configs.infer_clip_config(sd, kind)
+        for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "hidden_act"):
+            assert got[key] == getattr(cfg, key), (kind, key)
+    t5 = T5Config(vocab_size=32128, d_model=4096, d_ff=10240, d_kv=64, num_heads=64, num_layers=24,
+                  feed_forward_proj="gated-gelu")
+    got = configs.infer_t5_config(_meta_state(lambda: T5EncoderModel(t5)))
+    for key in ("vocab_size", "d_model", "d_ff", "d_kv", "num_heads", "num_layers", "relative_attention_num_buckets"):
+        assert got[key] == getattr(t5, key), key
+    assert got["feed_forward_proj"] == "gated-gelu"
+
+
+def test_scaled_fp8_weights_are_dequantized(tiny_models_dir, built):
+    """ComfyUI's "fp8 scaled" files (weight in fp8 × scale_weight) load as the scaled values."""
+    sd = model_files.load(tiny_models_dir / "text_encoders/tiny-t5xxl.safetensors")
+    scaled = {}
+    for k, v in sd.items():
+        if k.endswith(".weight") and v.ndim == 2 and ".SelfAttention.q." in k:
+            scale = v.abs().max() / 448.0
+            scaled[k] = (v / scale).to(torch.float8_e4m3fn)
+            scaled[k[:-len(".weight")] + ".scale_weight"] = scale.reshape(1)
+        else:
+            scaled[k] = v
+    scaled["scaled_fp8"] = torch.zeros(0, dtype=torch.float8_e4m3fn)
+    t5 = single_file.build_t5(scaled, "t5_scaled.safetensors")
+    ref = built["dev"]["text_encoder_2"].state_dict()
+    q = "encoder.block.0.layer.0.SelfAttention.q.weight"
+    assert torch.allclose(t5.state_dict()[q], ref[q], rtol=0.07, atol=1e-3)

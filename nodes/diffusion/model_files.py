@@ -113,6 +113,28 @@ def load(path: Path, select: Callable[[str], bool] | None = None) -> dict[str, t
     return {k: v for k, v in sd.items() if select is None or select(k)}
 
 
+def dequantize_scaled_fp8(sd: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """Undo ComfyUI's "fp8 scaled" storage (``X.weight`` in fp8 × ``X.scale_weight``) in place.
+
+    Files such as ``t5xxl_fp8_e4m3fn_scaled.safetensors`` and ``*_fp8_scaled`` diffusion models
+    store each linear weight in fp8 with a per-tensor (or per-row) scale; loaded as plain weights
+    they would be silently wrong.  Marker and input-scale tensors are dropped.
+    """
+    scales = [k for k in sd if k.endswith(".scale_weight")]
+    for key in scales:
+        base = key[: -len(".scale_weight")]
+        scale = sd.pop(key).to(torch.float32)
+        w = sd.get(base + ".weight")
+        if w is None:
+            continue
+        if scale.numel() > 1 and scale.ndim == 1 and w.ndim >= 2 and scale.shape[0] == w.shape[0]:
+            scale = scale.reshape(-1, *([1] * (w.ndim - 1)))
+        sd[base + ".weight"] = (w.to(torch.float32) * scale).to(dtype)
+    for k in [k for k in sd if k == "scaled_fp8" or k.endswith(".scaled_fp8") or k.endswith(".scale_input")]:
+        sd.pop(k)
+    return sd
+
+
 def strip_prefix(sd: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
 

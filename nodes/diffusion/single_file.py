@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import torch
 
 from nodes.diffusion import configs, keymaps
-from nodes.diffusion.model_files import ModelFileError, strip_prefix
+from nodes.diffusion.model_files import ModelFileError, dequantize_scaled_fp8, strip_prefix
 from nodes.diffusion.types import ModelFamily
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ def build_sd_unet(unet_sd: Mapping[str, torch.Tensor], family: ModelFamily, file
     """UNet2DConditionModel from an LDM/SGM (no prefix) or diffusers-layout state dict."""
     from diffusers import UNet2DConditionModel
 
+    unet_sd = dequantize_scaled_fp8(dict(unet_sd))
     if layout == "diffusers":
         cfg = _infer_diffusers_unet_config(unet_sd, family)
         state = dict(unet_sd)
@@ -99,6 +100,7 @@ def build_flux_transformer(sd: Mapping[str, torch.Tensor], file_name: str, dtype
     """FluxTransformer2DModel from a BFL (no prefix) or diffusers-layout state dict (any size)."""
     from diffusers import FluxTransformer2DModel
 
+    sd = dequantize_scaled_fp8(dict(sd))
     try:
         bfl = dict(sd) if layout == "bfl" else keymaps.flux_to_bfl_state_dict(sd)
         cfg = configs.infer_flux_config(bfl)
@@ -177,10 +179,7 @@ def build_t5(sd: Mapping[str, torch.Tensor], file_name: str, dtype: torch.dtype 
     """T5EncoderModel from ``shared.weight`` + ``encoder.*`` (as t5xxl_fp16.safetensors stores them)."""
     from transformers import T5Config, T5EncoderModel
 
-    state = dict(sd)
-    if any(k.endswith("scale_weight") or k == "scaled_fp8" for k in state):
-        raise ModelFileError(f"{file_name}: 'scaled fp8' T5 files are not supported; use t5xxl_fp16.safetensors "
-                             f"or t5xxl_fp8_e4m3fn.safetensors")
+    state = dequantize_scaled_fp8(dict(sd))
     if "shared.weight" not in state and "encoder.embed_tokens.weight" in state:
         state["shared.weight"] = state["encoder.embed_tokens.weight"]
     if "shared.weight" in state:

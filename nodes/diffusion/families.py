@@ -65,14 +65,23 @@ class Detected:
     notes: dict = field(default_factory=dict, compare=False)
 
     def describe(self) -> str:
+        """A phrase for messages: "an SDXL checkpoint", "a VAE (16 latent channels)" …"""
+        kind = {"controlnet": "ControlNet", "lora": "LoRA"}.get(self.kind, self.kind.replace("_", " "))
         if self.unsupported:
-            return f"a {self.unsupported} {self.kind.replace('_', ' ')}"
+            return _article(f"{self.unsupported} {kind}")
         fam = f"{FAMILY_NAMES[self.family]} " if self.family is not None else ""
         if self.kind == "text_encoder" and self.encoders:
-            return "a " + " + ".join(e.kind.upper().replace("_", "-") for e in self.encoders) + " text encoder"
+            return _article(" + ".join(e.kind.upper().replace("_", "-") for e in self.encoders) + " text encoder")
         if self.kind == "vae":
             return f"a VAE ({self.notes.get('latent_channels', '?')} latent channels)"
-        return f"a {fam}{self.kind.replace('_', ' ')}"
+        if self.kind == "unknown":
+            return "an unrecognised file"
+        return _article(f"{fam}{kind}")
+
+
+def _article(phrase: str) -> str:
+    vowel = phrase[:1].lower() in "aeiou" or phrase.startswith("SD")  # "an SDXL …" (read "es-dee")
+    return ("an " if vowel else "a ") + phrase
 
 
 def _has(shapes: Shapes, *keys: str) -> bool:

@@ -207,6 +207,7 @@ def load_vae(path: Path, place: Placement) -> VaeModel:
 # --- text encoders ---------------------------------------------------------------------------
 
 ENCODER_NAMES = {"clip_l": "CLIP-L", "clip_g": "CLIP-G", "t5xxl": "T5-XXL"}
+FAMILY_NAMES_SHORT = families.FAMILY_NAMES
 FAMILY_ENCODERS = {
     ModelFamily.SD15: ("clip_l",),
     ModelFamily.SDXL: ("clip_l", "clip_g"),
@@ -306,8 +307,6 @@ def load_text_encoder_files(paths: Sequence[Path], family: ModelFamily, place: P
     return TextEncoders(family=family, encoders=encoders, tokenizers=tokenizers,
                         source=" + ".join(str(p) for p in paths))
 
-
-FAMILY_NAMES_SHORT = families.FAMILY_NAMES
 
 
 # --- checkpoints -----------------------------------------------------------------------------

@@ -31,9 +31,10 @@ def _empty_init():
 
 
 def _load_strict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], what: str, file_name: str,
-                 dtype: torch.dtype, ignore_missing: tuple[str, ...] = ()) -> torch.nn.Module:
+                 dtype: torch.dtype) -> torch.nn.Module:
+    """Assign ``sd`` (cast to ``dtype``) to an empty-initialised model; every tensor must be present and fit."""
     expected = model.state_dict()
-    missing = [k for k in expected if k not in sd and not k.endswith(ignore_missing or ("\0",))]
+    missing = [k for k in expected if k not in sd]
     if missing:
         raise ModelFileError(f"{file_name}: the {what} is incomplete — {len(missing)} of {len(expected)} tensors are "
                              f"missing (e.g. {', '.join(missing[:3])}). The file may be damaged or of another model type.")

@@ -5,9 +5,11 @@ Why it is built this way:
 * Events are produced on the executor's worker thread.  ``on_event`` only appends to a
   deque and, at most once per batch, wakes the event loop with ``call_soon_threadsafe``;
   encoding and sending happen on the loop.  So execution never waits for a socket.
-* Every socket has its own bounded queue and sender task.  A socket that stops reading
-  fills its queue; it is then closed and forgotten (the frontend reconnects and re-reads
-  the queue over HTTP) instead of letting memory grow or slowing the others.
+* Every socket has its own bounded queue and sender task.  While a socket is behind,
+  superseded-anyway messages (preview frames, ``progress`` ticks) are skipped for it; a
+  socket that stops reading fills its queue and is then disconnected and forgotten (the
+  frontend reconnects and re-reads the queue over HTTP) instead of letting memory grow or
+  slowing the others.
 * Each message is encoded once, whatever the number of recipients; progress_state events
   carry only the nodes that changed (see :class:`graph_runtime.events.ProgressState`),
   so traffic per prompt is linear in its number of nodes.
@@ -35,6 +37,9 @@ log = logging.getLogger(__name__)
 DEFAULT_QUEUE_LIMIT = 8192
 """Messages a socket may have waiting before it is considered dead and closed."""
 
+DRAIN_BATCH = 64
+"""Events handled between two yields to the sender tasks (bounds a healthy socket's backlog)."""
+
 CLOSE_TIMEOUT = 2.0
 
 
@@ -45,11 +50,12 @@ def _dumps(message: dict[str, Any]) -> str:
 class Client:
     """One connected socket: its id, negotiated features and outgoing queue."""
 
-    __slots__ = ("sid", "ws", "queue", "flags", "sender", "closed")
+    __slots__ = ("sid", "ws", "transport", "queue", "flags", "sender", "closed")
 
-    def __init__(self, sid: str, ws: web.WebSocketResponse, limit: int) -> None:
+    def __init__(self, sid: str, ws: web.WebSocketResponse, limit: int, transport: Any = None) -> None:
         self.sid = sid
         self.ws = ws
+        self.transport = transport
         self.queue: asyncio.Queue[str | bytes | None] = asyncio.Queue(limit)
         self.flags: dict[str, Any] = {}
         self.sender: asyncio.Task | None = None
@@ -74,6 +80,7 @@ class Hub:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inbox: deque[tuple[Any, ...]] = deque()
         self._wake_pending = False
+        self._drainer: asyncio.Future | None = None
         self._running: dict[str, Any] | None = None  # prompt_id, client_id, node of the running prompt
         self.dropped_clients = 0
 
@@ -82,6 +89,8 @@ class Hub:
         self._loop = loop
 
     async def close_all(self) -> None:
+        if self._drainer is not None and not self._drainer.done():
+            self._drainer.cancel()
         clients = list(self.clients.values())
         self.clients.clear()
         await asyncio.gather(*(self._close(c, WSCloseCode.GOING_AWAY, b"server shutdown") for c in clients),
@@ -109,28 +118,37 @@ class Hub:
         if not self._wake_pending:
             self._wake_pending = True
             try:
-                loop.call_soon_threadsafe(self._drain)
+                loop.call_soon_threadsafe(self._wake)
             except RuntimeError:  # loop closed: the server is shutting down
                 self._wake_pending = False
 
     # -- the loop side -------------------------------------------------------------------------
-    def _drain(self) -> None:
-        # Clear the flag first: anything appended from now on is either popped below or
-        # schedules another drain.
+    def _wake(self) -> None:
+        # Clear the flag first: anything appended from now on schedules another wake-up, and
+        # a running drain task looks at the inbox again before it ends.
         self._wake_pending = False
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.ensure_future(self._drain())
+
+    async def _drain(self) -> None:
+        """Deliver queued items, yielding every :data:`DRAIN_BATCH` so the senders keep up."""
         inbox = self._inbox
         while inbox:
-            item = inbox.popleft()
-            try:
-                kind = item[0]
-                if kind == "event":
-                    self._dispatch(item[1], item[2])
-                elif kind == "log":
-                    self._send_logs(item[1])
-                else:
-                    self.send(item[1], item[2], item[3])
-            except Exception:
-                log.exception("could not deliver %r", item[:2])
+            for _ in range(DRAIN_BATCH):
+                if not inbox:
+                    break
+                item = inbox.popleft()
+                try:
+                    kind = item[0]
+                    if kind == "event":
+                        self._dispatch(item[1], item[2])
+                    elif kind == "log":
+                        self._send_logs(item[1])
+                    else:
+                        self.send(item[1], item[2], item[3])
+                except Exception:
+                    log.exception("could not deliver %r", item[:2])
+            await asyncio.sleep(0)
 
     def _targets(self, client_id: str | None) -> list[Client]:
         if client_id:
@@ -148,8 +166,9 @@ class Hub:
         if not targets:
             return
         text = _dumps({"type": kind, "data": event.data()})
+        lossy = kind == "progress"
         for client in targets:
-            self._offer(client, text)
+            self._offer(client, text, lossy=lossy)
 
     def _track_running(self, event: Event, client_id: str | None) -> None:
         kind = event.type
@@ -172,11 +191,11 @@ class Hub:
                 if rich is None:
                     rich = metadata_frame(data, mime, node_id=event.node_id, prompt_id=event.prompt_id,
                                           display_node_id=event.display_node_id or event.node_id)
-                self._offer(client, rich)
+                self._offer(client, rich, lossy=True)
             else:
                 if legacy is None:
                     legacy = legacy_frame(data, mime)
-                self._offer(client, legacy)
+                self._offer(client, legacy, lossy=True)
 
     def _send_logs(self, entry: dict[str, str]) -> None:
         from web.logbuffer import terminal_size
@@ -196,8 +215,12 @@ class Hub:
     def subscribe_logs(self, sid: str, enabled: bool) -> None:
         (self.log_subscribers.add if enabled else self.log_subscribers.discard)(sid)
 
-    def _offer(self, client: Client, message: str | bytes) -> None:
+    def _offer(self, client: Client, message: str | bytes, *, lossy: bool = False) -> None:
+        """Queue a message for a socket; ``lossy`` ones (previews, progress ticks) are skipped
+        while the socket is behind, since the next one supersedes them anyway."""
         if client.closed:
+            return
+        if lossy and client.queue.qsize() >= self.queue_limit // 4:
             return
         try:
             client.queue.put_nowait(message)
@@ -206,7 +229,11 @@ class Hub:
                         client.queue.qsize())
             self.dropped_clients += 1
             self._forget(client)
-            asyncio.ensure_future(self._close(client, WSCloseCode.TRY_AGAIN_LATER, b"client too slow"))
+            # No close handshake: a close frame would wait behind everything the peer did not read.
+            if client.transport is not None:
+                client.transport.abort()
+            else:
+                asyncio.ensure_future(self._close(client, WSCloseCode.TRY_AGAIN_LATER, b"client too slow"))
 
     def _forget(self, client: Client) -> None:
         client.closed = True
@@ -221,9 +248,8 @@ class Hub:
         try:
             await asyncio.wait_for(client.ws.close(code=code, message=message), CLOSE_TIMEOUT)
         except Exception:  # the peer is gone or stuck: drop the connection
-            transport = getattr(getattr(client.ws, "_req", None), "transport", None)
-            if transport is not None:
-                transport.abort()
+            if client.transport is not None:
+                client.transport.abort()
 
     @staticmethod
     async def _pump(client: Client) -> None:
@@ -251,7 +277,7 @@ class Hub:
         old = self.clients.get(sid)
         if old is not None:
             await self._close(old, WSCloseCode.POLICY_VIOLATION, b"replaced by a new connection")
-        client = Client(sid, ws, self.queue_limit)
+        client = Client(sid, ws, self.queue_limit, request.transport)
         self.clients[sid] = client
         client.sender = asyncio.ensure_future(self._pump(client))
         self._offer(client, _dumps({"type": "status", "data": {

@@ -164,9 +164,9 @@ class UserStore:
     def list_v2(self, user: str, relative: str) -> list[dict[str, Any]]:
         """``GET /v2/userdata?path=``: files and directories, recursively, directories first."""
         root = self.user_dir(user)
+        base = safe_join(root, relative) if relative else root.resolve()
         if not root.exists():
             return []
-        base = safe_join(root, relative) if relative else root.resolve()
         if not base.exists():
             raise FileNotFoundError(relative)
         if not base.is_dir():

@@ -35,9 +35,14 @@ _EXTRA_TYPES = {".webp": "image/webp", ".avif": "image/avif", ".webm": "video/we
 FIELD_LIMIT = 64 << 10
 
 
-def content_type_for(name: str) -> str:
+def guess_content_type(name: str) -> str:
     suffix = Path(name).suffix.lower()
-    ctype = _EXTRA_TYPES.get(suffix) or mimetypes.guess_type(name)[0] or "application/octet-stream"
+    return _EXTRA_TYPES.get(suffix) or mimetypes.guess_type(name)[0] or "application/octet-stream"
+
+
+def content_type_for(name: str) -> str:
+    """The type ``/view`` sends: never one a browser would run as a page or script."""
+    ctype = guess_content_type(name)
     return "application/octet-stream" if ctype in _UNSAFE_TYPES else ctype
 
 

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from graph_runtime.paths import PathEscapeError, safe_join
 from web.bodies import json_error
+from web.routes.files import guess_content_type
 from web.state import WebState, state_of
 
 routes = web.RouteTableDef()
@@ -82,7 +83,7 @@ async def template_file(request: web.Request) -> web.StreamResponse:
         return json_error(403, "forbidden", "Invalid path")
     if found is None:
         raise web.HTTPNotFound()
-    return web.FileResponse(found)
+    return web.FileResponse(found, headers={"Content-Type": guess_content_type(found.name)})
 
 
 @routes.get("/extensions/{name}/{path:.+}")
@@ -99,4 +100,4 @@ async def extension_file(request: web.Request) -> web.StreamResponse:
         return json_error(403, "forbidden", "Invalid path")
     if found is None:
         raise web.HTTPNotFound()
-    return web.FileResponse(found)
+    return web.FileResponse(found, headers={"Content-Type": guess_content_type(found.name)})

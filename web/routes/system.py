@@ -178,7 +178,7 @@ async def view_metadata(request: web.Request) -> web.Response:
         meta = read_safetensors_metadata(path)
     except (OSError, ValueError) as exc:
         return json_error(400, "invalid_file", "Not a readable safetensors file", str(exc))
-    if meta is None:
+    if not meta:
         return json_error(404, "not_found", "The file has no metadata", filename)
     return web.json_response(meta)
 

@@ -51,13 +51,23 @@ class PathEscapeError(ValueError):
     """A user-supplied relative path tried to leave its directory."""
 
 
-def safe_join(root: Path, relative: str) -> Path:
-    """Join ``relative`` under ``root``, refusing absolute paths and ``..`` escapes."""
+def safe_join(root: Path, relative: str, *, resolve_links: bool = True) -> Path:
+    """Join ``relative`` under ``root``, refusing absolute paths and ``..`` escapes.
+
+    With ``resolve_links`` (user-supplied names: uploads, /view) a symlink that leads outside the
+    root is refused too; model folders pass False so symlinks into a shared model drive work.
+    """
     if not isinstance(relative, str) or "\x00" in relative:
         raise PathEscapeError("invalid path")
     rel = relative.replace("\\", "/")
     if rel.startswith("/") or (len(rel) > 1 and rel[1] == ":"):
         raise PathEscapeError(f"absolute paths are not allowed: {relative!r}")
+    if not resolve_links:
+        root_abs = Path(os.path.abspath(root))
+        target = Path(os.path.normpath(root_abs / rel))
+        if target != root_abs and root_abs not in target.parents:
+            raise PathEscapeError(f"path escapes its directory: {relative!r}")
+        return target
     root_resolved = root.resolve()
     target = (root_resolved / rel).resolve()
     if target != root_resolved and root_resolved not in target.parents:
@@ -158,7 +168,7 @@ class FolderPaths:
         """The full path of a model by its listed name, or None if absent from every directory."""
         for root in self.model_dirs(folder):
             try:
-                candidate = safe_join(root, name)
+                candidate = safe_join(root, name, resolve_links=False)
             except PathEscapeError:
                 return None
             if candidate.exists():

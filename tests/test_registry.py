@@ -116,3 +116,14 @@ def test_extra_model_paths_yaml(base_dir, tmp_path):
         a1111 / "models" / "Stable-diffusion" / "sub" / "real.safetensors"
     assert base_dir.model_path("checkpoints", "../../etc/passwd") is None
     assert base_dir.list_models("clip") == base_dir.list_models("text_encoders")
+
+
+def test_symlinked_models_from_a_shared_drive_are_found(base_dir, tmp_path):
+    drive = tmp_path / "drive"
+    drive.mkdir()
+    (drive / "big.safetensors").write_bytes(b"x")
+    link = base_dir.models_dir / "checkpoints" / "big.safetensors"
+    link.symlink_to(drive / "big.safetensors")
+    assert base_dir.list_models("checkpoints") == ["big.safetensors"]
+    assert base_dir.model_path("checkpoints", "big.safetensors") == link
+    assert base_dir.model_path("checkpoints", "../../../drive/big.safetensors") is None

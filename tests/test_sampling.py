@@ -341,3 +341,14 @@ def test_controlnet_hook_residuals_reach_the_unet(tmp_path):
     out2 = _ks(ctx, tiny.model, [pos[0].with_options(control=strong)], neg)  # positive only: per-side call
     assert [n for n, _ in strong.calls] == [1, 1, 1, 1]
     assert (out2 - base).abs().max() > 1e-3
+
+
+def test_empty_latent_of_another_family_is_widened_like_comfyui(tmp_path):
+    tiny = fx.flux(False)
+    cond = fx.flux_conds(tiny)
+    ctx = fx.make_ctx(tmp_path)
+    out = _ks(ctx, tiny.model, cond, None, latent=EMPTY, cfg=1.0, scheduler="simple")  # EmptyLatentImage: 4 ch
+    assert out.shape == (1, 16, 8, 8)
+    assert torch.equal(out, _ks(ctx, tiny.model, cond, None, latent=EMPTY16, cfg=1.0, scheduler="simple"))
+    with pytest.raises(NodeError, match="4 channels but the model expects 16"):
+        _ks(ctx, tiny.model, cond, None, latent={"samples": torch.ones(1, 4, 8, 8)}, cfg=1.0, scheduler="simple")

@@ -148,6 +148,15 @@ def latent_format(model: DiffusionModel) -> tuple[float, float]:
             model.latent_shift if model.latent_shift is not None else shift)
 
 
+def latent_channels(model: DiffusionModel) -> int | None:
+    """Latent channels the denoiser takes (FLUX: its token width / 4)."""
+    cfg = getattr(model.denoiser, "config", None)
+    n = getattr(cfg, "in_channels", None)
+    if n is None:
+        return None
+    return int(n) // 4 if model.family.is_flux else int(n)
+
+
 def flux_mu(model: DiffusionModel, latent_hw: tuple[int, int]) -> float | None:
     """The FLUX shift exponent: ModelSamplingFlux's value, else calculate_shift of the token count
     (when the scheduler config uses dynamic shifting, as FLUX.1-dev's does)."""
@@ -244,6 +253,10 @@ def sample(req: SamplingRequest, run: RunOptions) -> SamplingResult:
     raw = req.latent["samples"].float()
     if raw.ndim != 4:
         raise ValueError(f"LATENT samples must be (B, C, H, W), got shape {tuple(raw.shape)}")
+    want = latent_channels(model)
+    if want is not None and raw.shape[1] != want and not raw.any():
+        # an empty latent of another family (EmptyLatentImage into FLUX): zeros of the model's width, as ComfyUI
+        raw = torch.zeros(raw.shape[0], want, *raw.shape[2:])
     b, c, h, w = raw.shape
     if model.family.is_flux and (h % 2 or w % 2):
         raise ValueError(f"FLUX latents need even sides; got {w}×{h} (image sides must be multiples of 16)")
@@ -278,7 +291,7 @@ def sample(req: SamplingRequest, run: RunOptions) -> SamplingResult:
         sched.set_begin_index(first)
     steps_run = last_step - first_step
     force_full = last_step < total and not req.return_with_leftover_noise
-    vp = kind != "flow" and type(sched).__name__ in _VP_SPACE
+    vp = kind != "flow" and any(c.__name__ in _VP_SPACE for c in type(sched).__mro__)
 
     generator = torch.Generator("cpu").manual_seed(int(req.seed))
     from diffusers.utils.torch_utils import randn_tensor

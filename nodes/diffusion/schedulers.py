@@ -148,12 +148,14 @@ SAMPLERS: dict[str, SamplerRecipe] = {r.name: r for r in (
     SamplerRecipe("dpmpp_sde", "DPMSolverSDEScheduler", {}, ALL_DISCRETE, requires=("torchsde",)),
     SamplerRecipe("ddim", "DDIMScheduler", {"clip_sample": False, "set_alpha_to_one": False}, SPACING_ONLY,
                   note="DDIMScheduler has no karras/exponential/beta sigmas and no flow-matching form"),
-    SamplerRecipe("uni_pc", "UniPCMultistepScheduler",
-                  {"solver_type": "bh2", "use_flow_sigmas": False, "final_sigmas_type": "zero"}, ALL_DISCRETE,
-                  "UniPCMultistepScheduler",
-                  {"solver_type": "bh2", "final_sigmas_type": "zero", "use_flow_sigmas": True,
-                   "prediction_type": "flow_prediction", "time_shift_type": "exponential"}, FLOW_BASIC,
-                  custom_sigmas_flow=True),
+    # ComfyUI's uni_pc is UniPC's B(h) = h variant ("bh1"), uni_pc_bh2 the B(h) = e^h - 1 one
+    *(SamplerRecipe(name, "UniPCMultistepScheduler",
+                    {"solver_type": variant, "use_flow_sigmas": False, "final_sigmas_type": "zero"}, ALL_DISCRETE,
+                    "UniPCMultistepScheduler",
+                    {"solver_type": variant, "final_sigmas_type": "zero", "use_flow_sigmas": True,
+                     "prediction_type": "flow_prediction", "time_shift_type": "exponential"}, FLOW_BASIC,
+                    custom_sigmas_flow=True)
+      for name, variant in (("uni_pc", "bh1"), ("uni_pc_bh2", "bh2"))),
 )}
 
 
@@ -255,10 +257,40 @@ class BuiltScheduler:
     kind: str
 
 
-def _scheduler_class(name: str) -> type:
+def _scheduler_class(name: str, config: Mapping[str, Any] | None = None) -> type:
     import diffusers
 
+    if name == "UniPCMultistepScheduler" and (config or {}).get("solver_type") == "bh1":
+        return unipc_bh1_class()
     return getattr(diffusers, name)
+
+
+_UNIPC_BH1: type | None = None
+
+
+def unipc_bh1_class() -> type:
+    """UniPCMultistepScheduler whose B(h) = h variant survives the final step to σ = 0.
+
+    diffusers computes that last (order-1, ``lower_order_final``) predictor step with
+    B(h) = h = -∞ times a zero correction, which is NaN; with either B(h) the step's exact value is
+    the data prediction m0 (σ_t = 0, α_t = 1, h·φ₁ = -1), which is returned instead.  Every other
+    step is diffusers' own code.  (Defined lazily: diffusers is heavy to import.)
+    """
+    global _UNIPC_BH1
+    if _UNIPC_BH1 is None:
+        from diffusers import UniPCMultistepScheduler
+
+        class UniPCBh1Scheduler(UniPCMultistepScheduler):
+            def multistep_uni_p_bh_update(self, model_output, *args, sample=None, order=None, **kwargs):
+                idx = self.step_index
+                if (self.predict_x0 and order == 1 and idx is not None and idx + 1 < len(self.sigmas)
+                        and float(self.sigmas[idx + 1]) == 0.0):
+                    ref = sample if sample is not None else (args[0] if args else model_output)
+                    return self.model_outputs[-1].to(ref.dtype)
+                return super().multistep_uni_p_bh_update(model_output, *args, sample=sample, order=order, **kwargs)
+
+        _UNIPC_BH1 = UniPCBh1Scheduler
+    return _UNIPC_BH1
 
 
 def _accepts(cls: type, key: str) -> bool:
@@ -300,7 +332,8 @@ def build_scheduler(scheduler_config: Mapping[str, Any], sampler: str, scheduler
     if msg:
         raise ValueError(msg)
     recipe = SAMPLERS[sampler]
-    cls = _scheduler_class(recipe.class_for(kind))  # type: ignore[arg-type]
+    cls = _scheduler_class(recipe.class_for(kind),  # type: ignore[arg-type]
+                           recipe.flow_config if kind == "flow" else recipe.discrete_config)
     base = {k: v for k, v in dict(scheduler_config).items() if not k.startswith("_")}
     kwargs: dict[str, Any] = {}
     if kind == "flow":

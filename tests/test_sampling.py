@@ -352,3 +352,15 @@ def test_empty_latent_of_another_family_is_widened_like_comfyui(tmp_path):
     assert torch.equal(out, _ks(ctx, tiny.model, cond, None, latent=EMPTY16, cfg=1.0, scheduler="simple"))
     with pytest.raises(NodeError, match="4 channels but the model expects 16"):
         _ks(ctx, tiny.model, cond, None, latent={"samples": torch.ones(1, 4, 8, 8)}, cfg=1.0, scheduler="simple")
+
+
+def test_flux_area_conditioning_snaps_to_token_patches(tmp_path):
+    tiny = fx.flux(True)
+    cond = fx.flux_conds(tiny)
+    other = fx.flux_conds(tiny, seed=9)[0]
+    ctx = fx.make_ctx(tmp_path)
+    base = _ks(ctx, tiny.model, cond, None, latent=EMPTY16, cfg=1.0, scheduler="simple")
+    out = _ks(ctx, tiny.model, cond + [other.with_options(area=(3, 5, 1, 3), strength=2.0)], None, latent=EMPTY16,
+              cfg=1.0, scheduler="simple")  # odd sizes/offsets would not pack into 2×2 tokens
+    diff = (out - base).abs().mean(1)[0]
+    assert torch.isfinite(out).all() and diff[:4, 2:8].mean() > 3 * diff[6:, :2].mean()

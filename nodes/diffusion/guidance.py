@@ -78,6 +78,15 @@ def _area_from_option(area: Any, h: int, w: int) -> tuple[int, int, int, int] | 
     return ah, aw, ay, ax
 
 
+def _even_area(area: tuple[int, int, int, int], h: int, w: int) -> tuple[int, int, int, int]:
+    """FLUX packs 2×2 latent patches: snap an area to even offsets and sizes inside the latent."""
+    ah, aw, ay, ax = area
+    ay, ax = ay - ay % 2, ax - ax % 2
+    ah = min(ah + ah % 2, h - ay)
+    aw = min(aw + aw % 2, w - ax)
+    return max(2, ah - ah % 2), max(2, aw - aw % 2), ay, ax
+
+
 def _mask_to_latent(mask: torch.Tensor, h: int, w: int) -> torch.Tensor:
     m = mask.float()
     if m.ndim == 2:
@@ -132,6 +141,8 @@ def prepare_conditioning(model: DiffusionModel, entries: Sequence[CondEntry], *,
             if opts.get("set_area_to_bounds"):
                 prepared.area = _mask_bounds(m) or prepared.area
             prepared.mask = m.to(device=device, dtype=dtype)
+        if family.is_flux and prepared.area is not None:
+            prepared.area = _even_area(prepared.area, h, w)
         out.append(prepared)
     return out
 

@@ -375,8 +375,14 @@ def _write_core(models: Path) -> list[Path]:
     return _write_sd15(models, sd15) + _write_sdxl(models, sdxl) + _write_flux(models, dev, schnell) + _write_upscaler(models)
 
 
+def _write_controlnets(models: Path) -> list[Path]:
+    from models.tools.tiny_controlnets import write_tiny_controlnets  # imports this module: load lazily
+
+    return write_tiny_controlnets(models)
+
+
 # Writers run in order by write_tiny_models; other packs (ControlNet …) append theirs here.
-WRITERS: tuple[Callable[[Path], list[Path]], ...] = (_write_core,)
+WRITERS: tuple[Callable[[Path], list[Path]], ...] = (_write_core, _write_controlnets)
 
 
 def write_tiny_models(models_dir: Path) -> list[Path]:

@@ -11,12 +11,30 @@ from tests.web_harness import LiveServer, http, make_runtime, web_server  # noqa
 
 @pytest.mark.parametrize("prefix", ["", "/api"])
 def test_users_single_user_mode(web_server: LiveServer, prefix: str) -> None:
-    assert web_server.get(prefix + "/users").json() == {"storage": "server", "migrated": False}
+    assert web_server.get(prefix + "/users").json() == {"storage": "server", "migrated": True}
+    # the default user's folders exist from the start: the frontend's boot listings get 200 []
+    assert web_server.get(prefix + "/userdata?dir=workflows&recurse=true&split=false&full_info=true").json() == []
+    assert web_server.get(prefix + "/userdata?dir=subgraphs&recurse=true&split=false&full_info=true").json() == []
+
+
+def test_frontend_boot_slots_read_as_empty_until_written(web_server: LiveServer) -> None:
+    css = web_server.get("/api/userdata/user.css")
+    assert css.status == 200 and css.body == b"" and css.headers["Content-Type"].startswith("text/css")
+    assert web_server.get("/user.css").body == b""
+    assert web_server.get("/api/userdata/comfy.templates.json").json() == []
+    assert web_server.get("/api/userdata/workflows%2F.index.json").json() == {"favorites": []}
+    assert web_server.post("/api/userdata/user.css", raw=b"body { color: red }").status == 200
+    assert web_server.get("/api/userdata/user.css").body == b"body { color: red }"
+    assert web_server.get("/user.css").body == b"body { color: red }"
+    assert web_server.post("/api/userdata/comfy.templates.json", raw=b'[{"name": "t"}]').status == 200
+    assert web_server.get("/api/userdata/comfy.templates.json").json() == [{"name": "t"}]
+    assert web_server.get("/api/userdata/other.json").status == 404
 
 
 def test_settings_defaults_persist_and_per_setting(web_server: LiveServer) -> None:
     settings_file = web_server.paths.user_dir / "default" / "comfy.settings.json"
-    assert web_server.get("/api/settings").json() == {"Comfy.TutorialCompleted": True}
+    assert web_server.get("/api/settings").json() == {"Comfy.TutorialCompleted": True,
+                                                      "Comfy.Notification.ShowVersionUpdates": False}
     assert web_server.get("/api/settings/Comfy.Unknown").json() is None
     assert web_server.post("/api/settings", {"Comfy.ColorPalette": "light", "Comfy.Locale": "en"}).status == 200
     assert web_server.post("/api/settings/Comfy.InstalledVersion", "1.58.1").status == 200
@@ -24,9 +42,8 @@ def test_settings_defaults_persist_and_per_setting(web_server: LiveServer) -> No
     stored = json.loads(settings_file.read_text())
     assert stored == {"Comfy.ColorPalette": "light", "Comfy.Locale": "en", "Comfy.InstalledVersion": "1.58.1",
                       "Comfy.TutorialCompleted": False}
-    assert web_server.get("/settings").json() == stored  # stored values win over defaults
+    assert web_server.get("/settings").json() == {"Comfy.Notification.ShowVersionUpdates": False, **stored}
     assert web_server.get("/api/settings/Comfy.ColorPalette").json() == "light"
-    assert web_server.get("/api/users").json()["migrated"] is True
     for bad in (b"{oops", b"[1]", b'"text"'):
         assert web_server.post("/api/settings", raw=bad).status == 400
     assert web_server.post("/api/settings/x", raw=b"{not json").status == 400
@@ -54,7 +71,7 @@ def test_multi_user_mode(tmp_path: Path) -> None:
 
 def test_userdata_write_read_list_move_delete(web_server: LiveServer) -> None:
     root = web_server.paths.user_dir / "default"
-    assert web_server.get("/api/userdata?dir=workflows&recurse=true&split=false&full_info=true").status == 404
+    assert web_server.get("/api/userdata?dir=nothing-here").status == 404
     workflow = {"nodes": [], "links": [], "version": 0.4}
     reply = web_server.post("/api/userdata/workflows%2Fmy%20flow.json?overwrite=true&full_info=true",
                             raw=json.dumps(workflow).encode())

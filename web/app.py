@@ -59,7 +59,10 @@ def create_app(runtime: Any, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD, mult
     extension_dirs = {p.name: p for p in sorted(EXTENSIONS_DIR.iterdir()) if p.is_dir()}
     for name, directory in runtime.registry.web_directories.items():
         extension_dirs.setdefault(name, directory)
-    state = WebState(runtime=runtime, hub=hub, users=UserStore(paths.user_dir, multi_user=multi_user),
+    user_store = UserStore(paths.user_dir, multi_user=multi_user)
+    if not multi_user:
+        user_store.ensure_user("default")
+    state = WebState(runtime=runtime, hub=hub, users=user_store,
                      logs=LogBuffer(), sysinfo=SystemInfo(argv, probe_torch=probe_torch),
                      max_upload_bytes=max_upload_bytes, frontend_root=root, extension_dirs=extension_dirs,
                      default_workflow=default_workflow if default_workflow and default_workflow.is_file() else None)
@@ -141,6 +144,9 @@ def write_demo_models_if_missing(paths: Any) -> threading.Thread | None:
             shutil.rmtree(staging, ignore_errors=True)
             write_tiny_models(staging)
             moved = 0
+            for entry in sorted(p for p in staging.iterdir() if p.is_file()):  # manifests
+                if not (paths.models_dir / entry.name).exists():
+                    entry.replace(paths.models_dir / entry.name)
             for folder in sorted(p for p in staging.iterdir() if p.is_dir()):
                 target_dir = paths.models_dir / folder.name
                 target_dir.mkdir(parents=True, exist_ok=True)

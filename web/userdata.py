@@ -31,8 +31,21 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     # over an empty canvas.  Marking the tutorial as done makes it load the default workflow
     # instead — ours, installed by the ``genesis.default_workflow`` frontend extension.
     "Comfy.TutorialCompleted": True,
+    # The frontend would ask api.comfy.org for ComfyUI release notes (and log a network error
+    # offline); ComfyUI's releases say nothing about this server.
+    "Comfy.Notification.ShowVersionUpdates": False,
 }
 """Values a user gets until they change them (stored settings win)."""
+
+USER_DIRECTORIES = ("workflows", "subgraphs")
+"""Created with each user, so the frontend's boot-time listings find them (no 404 noise)."""
+
+EMPTY_SLOTS: dict[str, tuple[bytes, str]] = {
+    "user.css": (b"", "text/css"),
+    "comfy.templates.json": (b"[]", "application/json"),
+    "workflows/.index.json": (b'{"favorites": []}', "application/json"),
+}
+"""Files the frontend reads at boot; until the user saves one, they read as empty."""
 
 _USER_ID = re.compile(r"^[A-Za-z0-9_-]{1,200}$")
 
@@ -92,7 +105,7 @@ class UserStore:
         user_id = re.sub(r"[^a-zA-Z0-9-_]+", "-", username) + "_" + uuid.uuid4().hex
         users[user_id] = username
         atomic_write(self.root / USERS_FILE, json.dumps(users, indent=4).encode())
-        (self.root / user_id).mkdir(parents=True, exist_ok=True)
+        self.ensure_user(user_id)
         return user_id
 
     def user_for(self, header: str | None) -> str:
@@ -106,6 +119,13 @@ class UserStore:
 
     def user_dir(self, user: str) -> Path:
         return safe_join(self.root, user)
+
+    def ensure_user(self, user: str) -> Path:
+        """Create the user's directory and the folders the frontend lists at boot."""
+        root = self.user_dir(user)
+        for name in USER_DIRECTORIES:
+            (root / name).mkdir(parents=True, exist_ok=True)
+        return root
 
     # -- settings ------------------------------------------------------------------------------
     def _settings_path(self, user: str) -> Path:

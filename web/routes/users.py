@@ -14,7 +14,7 @@ from aiohttp import web
 from graph_runtime.paths import PathEscapeError
 from web.bodies import BadRequest, NewUserBody, SettingsBody, json_error, parse_body, parse_json_value
 from web.state import state_of
-from web.userdata import FileExists, UnknownUser, file_info
+from web.userdata import DEFAULT_USER, EMPTY_SLOTS, FileExists, UnknownUser, file_info
 
 routes = web.RouteTableDef()
 
@@ -143,8 +143,24 @@ async def get_userdata(request: web.Request) -> web.StreamResponse:
     except PathEscapeError as exc:
         return _forbidden(str(exc))
     if not path.is_file():
+        if name in EMPTY_SLOTS:
+            body, ctype = EMPTY_SLOTS[name]
+            return web.Response(body=body, content_type=ctype, headers={"Cache-Control": "no-cache"})
         return json_error(404, "not_found", "File not found", name)
     return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+
+
+@routes.get("/user.css")
+async def user_css(request: web.Request) -> web.StreamResponse:
+    """The stylesheet ``index.html`` links (``./user.css``): the user's own, else an empty one."""
+    users = state_of(request).users
+    try:
+        path = users.resolve(users.user_for(request.headers.get("Comfy-User")), "user.css")
+    except UnknownUser:
+        path = users.resolve(DEFAULT_USER, "user.css")
+    if path.is_file():
+        return web.FileResponse(path, headers={"Cache-Control": "no-cache", "Content-Type": "text/css"})
+    return web.Response(body=b"", content_type="text/css", headers={"Cache-Control": "no-cache"})
 
 
 def _written(request: web.Request, path: Any, root: Any) -> web.Response:

@@ -1,0 +1,185 @@
+"""The official ComfyUI frontend (comfyui-frontend-package 1.58.1) in Debian's chromium, driven by
+Playwright against a live server on the tiny models: it boots cleanly on OUR default workflow,
+Run produces the image in the output node, a saved workflow is listed after a reload, and
+LoadImage uploads work.  Screenshots go to artifacts/ (gitignored).
+
+Needs ``apt-get install -y chromium`` (never ``playwright install``).
+"""
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Iterable
+
+import pytest
+from PIL import Image
+
+from graph_runtime.paths import FolderPaths
+from graph_runtime.service import Runtime
+from tests.conftest_models import link_models
+from tests.web_harness import LiveServer
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+DEFAULT_TYPES = {"CheckpointLoaderSimple", "CLIPTextEncode", "EmptyLatentImage", "KSampler", "VAEDecode", "SaveImage"}
+BOOT_TIMEOUT_MS = 30_000
+
+if not Path(CHROMIUM).exists():  # pragma: no cover - the setup script installs it
+    pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterable[LiveServer]:
+    base = tmp_path_factory.mktemp("browser") / "base"
+    link_models(tiny_models_dir, base / "models")
+    paths = FolderPaths(base)
+    paths.ensure_dirs()
+    live = LiveServer(Runtime(paths), probe_torch=False).start()
+    yield live
+    live.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterable[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        instance = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield instance
+        instance.close()
+
+
+class Page:
+    """A fresh browser context (a new user: empty localStorage) with console bookkeeping."""
+
+    def __init__(self, browser: Any, server: LiveServer) -> None:
+        self.context = browser.new_context(viewport={"width": 1600, "height": 1000})
+        self.page = self.context.new_page()
+        self.server = server
+        self.errors: list[str] = []
+        self.page.on("console", lambda m: self.errors.append(f"console {m.text}") if m.type == "error" else None)
+        self.page.on("pageerror", lambda e: self.errors.append(f"pageerror {e}"))
+
+    def open(self) -> None:
+        self.page.goto(self.server.url + "/")
+        self.wait_for_graph()
+
+    def wait_for_graph(self) -> None:
+        self.page.wait_for_function("() => window.app?.graph?.nodes?.length > 0", timeout=BOOT_TIMEOUT_MS)
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return self.page.evaluate("""() => window.app.graph.nodes.map(n => ({id: n.id, type: n.type,
+            widgets: (n.widgets || []).map(w => [w.name, w.value])}))""")
+
+    def assert_clean(self) -> None:
+        assert self.errors == []
+        dialogs = self.page.locator(".p-dialog:visible, .p-toast-message-error:visible")
+        assert dialogs.count() == 0, dialogs.all_inner_texts()
+
+    def shot(self, name: str) -> Path:
+        ARTIFACTS.mkdir(exist_ok=True)
+        path = ARTIFACTS / name
+        self.page.screenshot(path=str(path))
+        return path
+
+    def close(self) -> None:
+        self.context.close()
+
+
+@pytest.fixture
+def page(browser: Any, server: LiveServer) -> Iterable[Page]:
+    p = Page(browser, server)
+    yield p
+    p.close()
+
+
+def test_boots_cleanly_on_our_default_workflow_and_runs_it(page: Page, server: LiveServer) -> None:
+    page.open()
+    nodes = {n["type"]: n for n in page.nodes()}
+    assert set(nodes) == DEFAULT_TYPES and len(page.nodes()) == 7
+    assert nodes["CheckpointLoaderSimple"]["widgets"] == [["ckpt_name", "tiny-sd15.safetensors"]]
+    assert [w[1] for w in nodes["EmptyLatentImage"]["widgets"]] == [64, 64, 1]
+    page.page.wait_for_timeout(500)  # let late boot requests land before judging the console
+    page.assert_clean()
+    page.shot("browser_boot.png")
+
+    with page.page.expect_response(lambda r: "/api/view?" in r.url and "type=output" in r.url,
+                                   timeout=60_000) as view:
+        page.page.get_by_role("button", name="Run").first.click()
+        page.page.wait_for_function(
+            "() => window.app.graph.nodes.find(n => n.type === 'SaveImage')?.imgs?.length > 0", timeout=60_000)
+    assert view.value.status == 200 and view.value.headers["content-type"] == "image/png"
+    image = Image.open(io.BytesIO(view.value.body()))
+    assert image.size == (64, 64)
+    history = server.get("/history").json()
+    assert len(history) == 1
+    entry = next(iter(history.values()))
+    assert entry["status"]["status_str"] == "success"
+    filename = entry["outputs"]["9"]["images"][0]["filename"]
+    assert (server.paths.output_dir / filename).is_file()
+    assert json.loads(Image.open(server.paths.output_dir / filename).info["workflow"])["nodes"]  # UI workflow kept
+    jobs = server.get("/api/jobs?status=completed,failed,cancelled&limit=64&offset=0").json()["jobs"]
+    assert jobs[0]["preview_output"]["filename"] == filename
+    page.assert_clean()
+    page.shot("browser_run.png")
+
+
+def test_saved_workflow_is_listed_after_reload(page: Page, server: LiveServer) -> None:
+    page.open()
+    page.page.mouse.click(800, 750)  # focus the canvas
+    page.page.keyboard.press("Control+s")
+    box = page.page.get_by_role("dialog").get_by_role("textbox")
+    box.fill("my saved flow")
+    with page.page.expect_response(lambda r: "/api/userdata/workflows%2Fmy%20saved%20flow.json" in r.url
+                                   and r.request.method == "POST"):
+        box.press("Enter")
+    saved = server.paths.user_dir / "default" / "workflows" / "my saved flow.json"
+    assert {n["type"] for n in json.loads(saved.read_text())["nodes"]} == DEFAULT_TYPES
+    page.page.reload()
+    page.wait_for_graph()
+    page.page.get_by_role("button", name="Workflows").first.click()
+    page.page.get_by_text("my saved flow").first.wait_for(state="visible", timeout=10_000)
+    page.assert_clean()
+    page.shot("browser_saved_workflow.png")
+
+
+def test_load_image_upload(page: Page, server: LiveServer) -> None:
+    page.open()
+    node_id = page.page.evaluate("""() => { const node = window.LiteGraph.createNode('LoadImage');
+        node.pos = [100, 560]; window.app.graph.add(node); window.app.canvas.setDirty(true, true); return node.id }""")
+    page.page.wait_for_function(  # the canvas has drawn the node (widget positions are known)
+        f"() => window.app.graph.getNodeById({node_id}).widgets.find(w => w.name === 'upload').y > 0")
+    x, y = page.page.evaluate(f"""() => {{ const node = window.app.graph.getNodeById({node_id});
+        const w = node.widgets.find(w => w.name === 'upload');
+        const rect = window.app.canvas.canvas.getBoundingClientRect();
+        const p = window.app.canvas.ds.convertOffsetToCanvas([node.pos[0] + node.size[0] / 2, node.pos[1] + w.y + 10]);
+        return [rect.left + p[0], rect.top + p[1]] }}""")
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (250, 20, 20)).save(buf, format="PNG")
+    page.page.mouse.click(800, 750)  # focus the canvas first, as a user would
+    chooser = None
+    for _ in range(3):  # a click that lands while the canvas is still settling is ignored by litegraph
+        try:
+            with page.page.expect_file_chooser(timeout=5_000) as chooser:
+                page.page.mouse.click(x, y)  # the node's "choose file to upload" button
+            break
+        except Exception:  # playwright TimeoutError
+            chooser = None
+    assert chooser is not None, "clicking 'choose file to upload' opened no file chooser"
+    with page.page.expect_response(lambda r: "/api/upload/image" in r.url) as upload:
+        chooser.value.set_files(files=[{"name": "red dot.png", "mimeType": "image/png", "buffer": buf.getvalue()}])
+    assert upload.value.status == 200 and upload.value.json()["name"] == "red dot.png"
+    page.page.wait_for_function(
+        f"() => window.app.graph.getNodeById({node_id}).widgets[0].value === 'red dot.png'", timeout=10_000)
+    stored = server.paths.input_dir / "red dot.png"
+    assert Image.open(stored).getpixel((8, 8)) == (250, 20, 20)
+    info = server.get("/object_info/LoadImage").json()["LoadImage"]
+    assert "red dot.png" in info["input"]["required"]["image"][0]
+    page.assert_clean()
+    page.shot("browser_upload.png")

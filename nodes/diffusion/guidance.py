@@ -12,6 +12,22 @@ separate calls would drift by 1e-6…1e-5 (measured in offline-models.md §4).  
 entry conditioning (which diffusers has no equivalent for) takes the per-entry composite path,
 modelled on ComfyUI: each entry's prediction is weighted by its strength, mask and a feathered area
 window, and the weighted predictions are averaged.
+
+**ControlNet hooks** (``CondEntry.options["control"]``, a :class:`~nodes.diffusion.types.ControlHook`)
+are called once per denoiser call for the rows that carry them — once for the whole
+``[uncond, cond]`` batch when both sides hold the same hook object, as the diffusers ControlNet
+pipelines do — with these arguments:
+
+* UNet (SD1.5/SDXL): ``sample`` = the scheduler-scaled model input rows (the pipelines'
+  ``control_model_input``), ``timestep`` = the scheduler timestep, ``encoder_hidden_states`` = the
+  rows' text embeddings, ``added_cond_kwargs`` = ``{"text_embeds", "time_ids"}`` for SDXL (else None);
+* FLUX: ``sample`` = the packed latent tokens (N, h/2·w/2, 4C), ``timestep`` = t/1000 per row,
+  ``encoder_hidden_states`` = T5 rows, ``flux_kwargs`` = ``{"guidance", "pooled_projections",
+  "txt_ids", "img_ids"}``;
+* ``percent`` = sampling progress, 0.0 at the first step of the full schedule → 1.0 at the end.
+
+The returned dict is passed as extra keyword arguments to the denoiser call; rows whose entry has
+no hook (or whose hook returned None) get zeros of the same shapes.
 """
 from __future__ import annotations
 

@@ -1,16 +1,21 @@
 """LATENT nodes: empty latents, resizing, compositing, noise masks, VAE encode/decode.
 
 Names, inputs and defaults are ComfyUI's so shared workflows load unchanged.  LATENT holds raw
-VAE latents (see nodes/diffusion/types.py); IMAGE is B×H×W×C float 0..1.
+VAE latents (see nodes/diffusion/types.py); IMAGE is B×H×W×C float 0..1.  torch is imported inside
+``execute`` so that registering the nodes stays light.
 """
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from graph_runtime.context import NodeContext, NodeError
 from graph_runtime.schema import MAX_RESOLUTION, Combo, Float, Int, Node, Output, Resource, Socket
-from nodes.diffusion import latent_ops, vae_ops
-from nodes.diffusion.types import VaeModel
+from nodes.diffusion import latent_ops
+
+if TYPE_CHECKING:
+    import torch
+
+    from nodes.diffusion.types import VaeModel
 
 
 class EmptyLatentImage(Node):
@@ -26,6 +31,8 @@ class EmptyLatentImage(Node):
     OUTPUTS = (Output("LATENT"),)
 
     def execute(self, ctx: NodeContext, width: int, height: int, batch_size: int = 1):
+        import torch
+
         return ({"samples": torch.zeros([batch_size, 4, height // 8, width // 8])},)
 
 
@@ -41,6 +48,8 @@ class EmptySD3LatentImage(Node):
     OUTPUTS = (Output("LATENT"),)
 
     def execute(self, ctx: NodeContext, width: int, height: int, batch_size: int = 1):
+        import torch
+
         return ({"samples": torch.zeros([batch_size, 16, height // 8, width // 8])},)
 
 
@@ -132,6 +141,8 @@ class VAEEncode(Node):
     OUTPUTS = (Output("LATENT"),)
 
     def execute(self, ctx: NodeContext, pixels: torch.Tensor, vae: VaeModel):
+        from nodes.diffusion import vae_ops
+
         try:
             samples = vae_ops.encode(vae, pixels)
         except ValueError as exc:
@@ -157,6 +168,8 @@ class VAEEncodeForInpaint(Node):
 
     def execute(self, ctx: NodeContext, pixels: torch.Tensor, vae: VaeModel, mask: torch.Tensor,
                 grow_mask_by: int = 6):
+        from nodes.diffusion import vae_ops
+
         try:
             latent = vae_ops.encode_for_inpaint(vae, pixels, mask, grow_mask_by)
         except ValueError as exc:
@@ -182,6 +195,8 @@ class VAEDecode(Node):
         if latent.shape[1] != vae.latent_channels:
             raise NodeError(f"the latent has {latent.shape[1]} channels but this VAE decodes {vae.latent_channels}; "
                             "use the VAE of the model that produced it", input_name="samples")
+        from nodes.diffusion import vae_ops
+
         image = vae_ops.decode(vae, latent)
         _record_vae(ctx, vae)
         return (image,)

@@ -17,23 +17,25 @@ fails for the connected model's kind (e.g. ``euler_ancestral`` on FLUX), when th
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from graph_runtime.context import NodeContext, NodeError
 from graph_runtime.schema import (MAX_RESOLUTION, Boolean, CachePolicy, Combo, Float, Int, Node, NodeResult, Output,
                                   Resource, Seed, Socket)
-from nodes.diffusion import sampling as S
-from nodes.diffusion.loading import resolve_device, resolve_dtype
 from nodes.diffusion.schedulers import (SAMPLER_NAMES, SCHEDULER_NAMES, check_combination, check_sampler,
                                         model_kind)
-from nodes.diffusion.types import DiffusionModel
+
+if TYPE_CHECKING:  # torch and the sampling loop load on first use: registering nodes stays light
+    from nodes.diffusion import sampling as S
+    from nodes.diffusion.types import DiffusionModel
 
 _CFG = dict(min=0.0, max=100.0, step=0.1, round=0.01)
 
 
 def _run(ctx: NodeContext, req: S.SamplingRequest) -> S.SamplingResult:
+    from nodes.diffusion import sampling as S
+    from nodes.diffusion.loading import resolve_device, resolve_dtype
+
     # the loaders' device/dtype rules, so a model samples where and how it was loaded
     device = resolve_device(ctx.options.device)
     dtype = resolve_dtype(ctx.options.dtype, device, req.model.family)
@@ -89,6 +91,8 @@ class KSampler(Node):
 
     def execute(self, ctx: NodeContext, model: DiffusionModel, seed: int, steps: int, cfg: float, sampler_name: str,
                 scheduler: str, positive: list, negative: list, latent_image: dict, denoise: float = 1.0):
+        from nodes.diffusion import sampling as S
+
         if denoise <= 0.0:
             return (latent_image,)
         req = S.SamplingRequest(model=model, positive=positive, negative=negative, latent=latent_image,
@@ -129,6 +133,8 @@ class KSamplerAdvanced(Node):
     def execute(self, ctx: NodeContext, model: DiffusionModel, add_noise: str, noise_seed: int, steps: int,
                 cfg: float, sampler_name: str, scheduler: str, positive: list, negative: list, latent_image: dict,
                 start_at_step: int, end_at_step: int, return_with_leftover_noise: str):
+        from nodes.diffusion import sampling as S
+
         req = S.SamplingRequest(model=model, positive=positive, negative=negative, latent=latent_image,
                                 sampler=sampler_name, scheduler=scheduler, steps=steps, cfg=cfg, seed=noise_seed,
                                 add_noise=add_noise == "enable", start_step=start_at_step, end_step=end_at_step,
@@ -140,6 +146,10 @@ class KSamplerAdvanced(Node):
 
 def _sigmas_request(sigmas: Any) -> dict[str, Any]:
     """SIGMAS → the request fields: a named schedule (exact diffusers schedule) or explicit sigmas."""
+    import torch
+
+    from nodes.diffusion import sampling as S
+
     if isinstance(sigmas, S.Sigmas) and sigmas.scheduler is not None:
         return {"scheduler": sigmas.scheduler, "steps": sigmas.steps, "denoise": sigmas.denoise}
     values = sigmas.values if isinstance(sigmas, S.Sigmas) else torch.as_tensor(sigmas)
@@ -149,6 +159,8 @@ def _sigmas_request(sigmas: Any) -> dict[str, Any]:
 
 def _custom_sample(ctx: NodeContext, *, model: DiffusionModel, positive, negative, cfg: float, sampler: Any,
                    sigmas: Any, latent_image: dict, seed: int, add_noise: bool) -> NodeResult | tuple:
+    from nodes.diffusion import sampling as S
+
     if len(sigmas) <= 1:
         return (latent_image, latent_image)
     name = sampler.name if isinstance(sampler, S.SamplerChoice) else str(sampler)
@@ -213,6 +225,8 @@ class BasicGuider(Node):
     OUTPUTS = (Output("GUIDER"),)
 
     def execute(self, ctx: NodeContext, model, conditioning):
+        from nodes.diffusion import sampling as S
+
         return (S.Guider(model=model, positive=tuple(conditioning), negative=None, cfg=1.0),)
 
 
@@ -225,6 +239,8 @@ class CFGGuider(Node):
     OUTPUTS = (Output("GUIDER"),)
 
     def execute(self, ctx: NodeContext, model, positive, negative, cfg: float):
+        from nodes.diffusion import sampling as S
+
         return (S.Guider(model=model, positive=tuple(positive), negative=tuple(negative), cfg=cfg),)
 
 
@@ -247,6 +263,10 @@ class BasicScheduler(Node):
         return check_combination("euler", str(scheduler)) or True
 
     def execute(self, ctx: NodeContext, model: DiffusionModel, scheduler: str, steps: int, denoise: float):
+        import torch
+
+        from nodes.diffusion import sampling as S
+
         if denoise <= 0.0:
             return (S.Sigmas(torch.zeros(0), scheduler, steps, denoise),)
         kind = model_kind(model.prediction_type)
@@ -271,6 +291,10 @@ class KarrasScheduler(Node):
     OUTPUTS = (Output("SIGMAS"),)
 
     def execute(self, ctx: NodeContext, steps: int, sigma_max: float, sigma_min: float, rho: float):
+        import torch
+
+        from nodes.diffusion import sampling as S
+
         ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
         lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
         sig = (hi + ramp * (lo - hi)) ** rho
@@ -292,6 +316,8 @@ class KSamplerSelect(Node):
         return check_sampler(str(sampler_name)) or True
 
     def execute(self, ctx: NodeContext, sampler_name: str):
+        from nodes.diffusion import sampling as S
+
         return (S.SamplerChoice(sampler_name),)
 
 
@@ -304,6 +330,8 @@ class RandomNoise(Node):
     OUTPUTS = (Output("NOISE"),)
 
     def execute(self, ctx: NodeContext, noise_seed: int):
+        from nodes.diffusion import sampling as S
+
         return (S.NoiseSource(seed=noise_seed, add=True),)
 
 
@@ -314,6 +342,8 @@ class DisableNoise(Node):
     OUTPUTS = (Output("NOISE"),)
 
     def execute(self, ctx: NodeContext):
+        from nodes.diffusion import sampling as S
+
         return (S.NoiseSource(seed=0, add=False),)
 
 

@@ -5,8 +5,10 @@ block's inner edges linearly), implemented independently.
 """
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported on use, so the node modules register without it
+    import torch
 
 UPSCALE_METHODS = ("nearest-exact", "bilinear", "area", "bicubic", "bislerp")
 CROP_METHODS = ("disabled", "center")
@@ -29,6 +31,7 @@ def _center_crop(x: torch.Tensor, width: int, height: int) -> torch.Tensor:
 
 def _slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """Spherical interpolation of channel vectors (dim 1), with linearly interpolated magnitude."""
+    import torch
     na = a.norm(dim=1, keepdim=True)
     nb = b.norm(dim=1, keepdim=True)
     ua = a / na.clamp_min(1e-12)
@@ -44,6 +47,7 @@ def _slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 def _slerp_axis(x: torch.Tensor, size: int, dim: int) -> torch.Tensor:
+    import torch
     n = x.shape[dim]
     if n == size:
         return x
@@ -65,6 +69,7 @@ def bislerp(x: torch.Tensor, width: int, height: int) -> torch.Tensor:
 
 def upscale(samples: torch.Tensor, width: int, height: int, method: str, crop: str = "disabled") -> torch.Tensor:
     """Resize latents to ``width``×``height`` latent pixels."""
+    import torch.nn.functional as F
     if method not in UPSCALE_METHODS:
         raise ValueError(f"upscale_method '{method}' is not one of {', '.join(UPSCALE_METHODS)}")
     x = _center_crop(samples, width, height) if crop == "center" else samples
@@ -90,6 +95,7 @@ def latent_upscale_size(shape: torch.Size, width: int, height: int) -> tuple[int
 
 def composite(to: torch.Tensor, src: torch.Tensor, x: int, y: int, feather: int) -> torch.Tensor:
     """Paste ``src`` into ``to`` at latent (x, y); ``feather`` latent pixels fade in at inner edges."""
+    import torch
     out = to.clone()
     th, tw = to.shape[-2:]
     if x >= tw or y >= th:

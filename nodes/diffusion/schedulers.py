@@ -40,9 +40,10 @@ import importlib.util
 import inspect
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-import numpy as np
+if TYPE_CHECKING:  # numpy/diffusers are imported when a scheduler is built: node registration stays light
+    import numpy as np
 
 # ComfyUI's full lists (comfy/samplers.py), in ComfyUI's order, so every workflow's widget values
 # load; only the combinations in SAMPLERS below can run.
@@ -297,8 +298,10 @@ def _accepts(cls: type, key: str) -> bool:
     return key in inspect.signature(cls.__init__).parameters
 
 
-def flow_base_sigmas(scheduler: str, steps: int) -> np.ndarray:
+def flow_base_sigmas(scheduler: str, steps: int) -> "np.ndarray":
     """Unshifted flow sigmas for a ComfyUI scheduler name (see the module docstring)."""
+    import numpy as np
+
     if scheduler in ("simple", "karras", "exponential", "beta"):
         return np.linspace(1.0, 1.0 / steps, steps)
     if scheduler == "normal":
@@ -310,7 +313,7 @@ def flow_base_sigmas(scheduler: str, steps: int) -> np.ndarray:
 
 def build_scheduler(scheduler_config: Mapping[str, Any], sampler: str, scheduler: str, *, kind: str,
                     steps: int, mu: float | None = None, zsnr: bool = False, seed: int | None = None,
-                    custom_sigmas: np.ndarray | None = None) -> BuiltScheduler:
+                    custom_sigmas: "np.ndarray | None" = None) -> BuiltScheduler:
     """A new diffusers scheduler for (sampler, scheduler) configured from the model's own config.
 
     ``mu``: FLUX's shift exponent (``calculate_shift`` of the image's token count, or
@@ -369,7 +372,7 @@ def build_scheduler(scheduler_config: Mapping[str, Any], sampler: str, scheduler
 
 
 def _build_flow(cls: type, recipe: SamplerRecipe, base: dict, scheduler: str, steps: int, mu: float | None,
-                custom_sigmas: np.ndarray | None) -> BuiltScheduler:
+                custom_sigmas: "np.ndarray | None") -> BuiltScheduler:
     overrides: dict[str, Any] = dict(recipe.flow_config)
     dynamic = mu is not None
     static_shift = float(base.get("shift", 1.0))

@@ -161,7 +161,5 @@ def test_web_layer_imports_no_model_libraries(tmp_path: Path) -> None:
     assert _heavy_imports(tmp_path, ["nodes.primitives", "nodes.image"]) == ""
 
 
-@pytest.mark.xfail(strict=True, reason="nodes.latent and nodes.sampling (and nodes.diffusion.*) import torch at "
-                                       "module level; the cold start pays ~1.4 s for it")
 def test_building_the_full_registry_imports_no_model_libraries(tmp_path: Path) -> None:
     assert _heavy_imports(tmp_path, None) == ""

@@ -215,30 +215,41 @@ def test_a_socket_that_never_reads_does_not_block_execution(web_server: LiveServ
 
 
 @pytest.mark.asyncio
-async def test_hub_drops_a_consumer_whose_send_blocks_forever() -> None:
-    """Unit-level: a websocket whose send never completes fills its queue and is closed."""
+async def test_hub_drops_a_consumer_whose_peer_never_reads() -> None:
+    """Unit-level: a socket whose transport never drains fills its queue and is disconnected,
+    while the producing (worker) thread never blocks."""
     from graph_runtime.events import Executing, Progress
     from web.ws import Client, Hub
 
-    class StuckWs:
-        closed = False
+    class StuckTransport:
+        """A transport whose peer reads nothing: everything written stays buffered."""
 
-        async def send_str(self, text: str) -> None:
-            await asyncio.Event().wait()
+        def __init__(self) -> None:
+            self.buffered = 0
+            self.aborted = False
 
-        async def close(self, **kw) -> None:
-            self.closed = True
+        def write(self, data: bytes) -> None:
+            self.buffered += len(data)
 
-    hub = Hub(lambda: 0, {}, queue_limit=4)
+        def get_write_buffer_size(self) -> int:
+            return self.buffered + (1 << 20)
+
+        def is_closing(self) -> bool:
+            return self.aborted
+
+        def abort(self) -> None:
+            self.aborted = True
+
+    hub = Hub(lambda: 0, {}, queue_limit=100)
     hub.bind(asyncio.get_running_loop())
-    ws = StuckWs()
-    client = Client("s", ws, hub.queue_limit)  # type: ignore[arg-type]
+    transport = StuckTransport()
+    client = Client("s", None, hub.queue_limit, transport)  # type: ignore[arg-type]
     hub.clients["s"] = client
     client.sender = asyncio.ensure_future(hub._pump(client))
     done = threading.Event()
 
     def produce() -> None:  # the worker thread: must never block
-        for i in range(100):
+        for i in range(300):
             hub.on_event(Progress("p", "n", i, 100), "s")  # lossy: skipped once the socket is behind
             hub.on_event(Executing("p", str(i), str(i)), "s")
         done.set()
@@ -247,6 +258,33 @@ async def test_hub_drops_a_consumer_whose_send_blocks_forever() -> None:
     thread.start()
     thread.join(TIMEOUT)
     assert done.is_set()
-    for _ in range(20):
-        await asyncio.sleep(0)  # let the loop drain the inbox
-    assert "s" not in hub.clients and hub.dropped_clients == 1 and ws.closed
+    for _ in range(100):
+        await asyncio.sleep(0)  # let the loop drain the inbox and the sender write
+    assert "s" not in hub.clients and hub.dropped_clients == 1 and transport.aborted
+    assert transport.buffered > 0  # the first batch was written before the peer stalled
+
+
+def test_frames_are_rfc6455() -> None:
+    from web.wsframes import encode_frame
+
+    assert encode_frame("hi") == b"\x81\x02hi"
+    assert encode_frame(b"\x00\x01") == b"\x82\x02\x00\x01"
+    medium = encode_frame("x" * 300)
+    assert medium[:4] == b"\x81\x7e\x01\x2c" and len(medium) == 304
+    large = encode_frame(b"y" * 70000)
+    assert large[:2] == b"\x82\x7f" and int.from_bytes(large[2:10], "big") == 70000
+    assert encode_frame("é")[1] == 2  # length counts UTF-8 bytes
+
+
+def test_event_payload_matches_event_data() -> None:
+    from graph_runtime import events as ev
+    from web.ws import event_payload
+
+    samples = [ev.ExecutionStart("p"), ev.ExecutionCached("p", ["1", "2"]), ev.Executing("p", "1", "1"),
+               ev.Executing("p", None), ev.Progress("p", "3", 1, 4),
+               ev.ProgressState("p", {"1": ev.NodeProgress(0, 1, "running", "1", "p", "1")}),
+               ev.Executed("p", "9", "9", {"images": [{"filename": "a.png", "subfolder": "", "type": "output"}]}),
+               ev.ExecutionSuccess("p"), ev.ExecutionError("p", "2", "X", ["1"], "boom", "ValueError", ["tb"]),
+               ev.ExecutionInterrupted("p", "2", "X", ["1"]), ev.QueueStatus(None, 3)]
+    for event in samples:
+        assert json.dumps(event_payload(event), sort_keys=True) == json.dumps(event.data(), sort_keys=True)

@@ -63,16 +63,15 @@ def test_no_previews_when_disabled(tmp_path):
 
 
 def test_bf16_option_runs_in_bf16_and_records_it(tmp_path):
-    tiny = fx.sd15()
+    from models.tools.tiny_models import build_sd15
+
+    tiny = fx._wrap(build_sd15(), fx.sd15().model.family, "epsilon")  # private copy: this test casts weights
     pos, neg = fx.sd_conds(tiny)
-    ctx = fx.make_ctx(tmp_path, dtype="bf16")
-    try:
-        out = _ks(ctx, tiny.model, pos, neg, steps=2)
-    finally:
-        tiny.model.denoiser.to(torch.float32)
-    assert ctx.info["dtype"] == "bfloat16"
-    assert out.dtype == torch.float32 and torch.isfinite(out).all()
     ref = _ks(fx.make_ctx(tmp_path), tiny.model, pos, neg, steps=2)
+    ctx = fx.make_ctx(tmp_path, dtype="bf16")
+    out = _ks(ctx, tiny.model, pos, neg, steps=2)
+    assert ctx.info["dtype"] == "bfloat16" and next(tiny.model.denoiser.parameters()).dtype == torch.bfloat16
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
     rel = (out - ref).abs().max() / ref.abs().max()
     assert 0 < rel < 0.05  # bf16 rounding (8-bit mantissa), same picture
 

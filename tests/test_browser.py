@@ -128,6 +128,11 @@ def test_boots_cleanly_on_our_default_workflow_and_runs_it(page: Page, server: L
     assert jobs[0]["preview_output"]["filename"] == filename
     page.assert_clean()
     page.shot("browser_run.png")
+    # the history panel (read from /api/jobs) lists the output too
+    page.page.get_by_role("button", name="Assets").first.click()
+    page.page.locator(f"img[src*='filename={filename}']").first.wait_for(state="visible", timeout=10_000)
+    page.assert_clean()
+    page.shot("browser_assets.png")
 
 
 def test_saved_workflow_is_listed_after_reload(page: Page, server: LiveServer) -> None:

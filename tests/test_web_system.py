@@ -148,6 +148,14 @@ def test_models_and_embeddings(server: LiveServer) -> None:
     assert [(f["name"], f["pathIndex"]) for f in files] == [("plain.safetensors", 0), ("sub/m.safetensors", 0)]
     assert files[0]["size"] > 0
     assert server.get("/api/experiment/models/nope").status == 404
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(server.paths.models_dir / "checkpoints" / "sub" / "m.preview.png")
+    preview = server.get("/api/experiment/models/preview/checkpoints/0/sub/m.safetensors")
+    assert preview.status == 200 and preview.headers["Content-Type"] == "image/webp"
+    assert server.get("/api/experiment/models/preview/checkpoints/0/plain.safetensors").status == 404
+    assert server.get("/api/experiment/models/preview/checkpoints/7/plain.safetensors").status == 404
+    assert server.get("/api/experiment/models/preview/checkpoints/0/..%2F..%2F..%2Fsecret").status in (403, 404)
     assert server.get("/view_metadata/checkpoints?filename=sub/m.safetensors").json() == {"modelspec.title": "M"}
     for query in ("checkpoints?filename=plain.safetensors", "checkpoints?filename=missing.safetensors",
                   "checkpoints?filename=notes.txt", "nope?filename=m.safetensors",

@@ -288,3 +288,20 @@ def test_event_payload_matches_event_data() -> None:
                ev.ExecutionInterrupted("p", "2", "X", ["1"]), ev.QueueStatus(None, 3)]
     for event in samples:
         assert json.dumps(event_payload(event), sort_keys=True) == json.dumps(event.data(), sort_keys=True)
+
+
+def test_reconnect_during_a_run_resends_the_executing_node(web_server: LiveServer) -> None:
+    gate = f"re-{uuid.uuid4().hex}"
+    first = WsClient(web_server.ws_url, client_id="phone")
+    prompt = {"1": {"class_type": "StubConst", "inputs": {"value": 1}},
+              "2": {"class_type": "StubWait", "inputs": {"value": ["1", 0], "gate": gate}},
+              "3": {"class_type": "StubOutput", "inputs": {"value": ["2", 0]}}}
+    prompt_id = web_server.queue(prompt, "phone")
+    first.read_until(lambda m: isinstance(m, dict) and m["type"] == "executing" and m["data"]["node"] == "2")
+    first.close()
+    again = WsClient(web_server.ws_url, client_id="phone")
+    resent = again.read_until(lambda m: isinstance(m, dict) and m["type"] != "status")
+    assert resent == {"type": "executing", "data": {"node": "2", "display_node": "2", "prompt_id": prompt_id}}
+    stub_pack.GATES.setdefault(gate, threading.Event()).set()
+    assert "execution_success" in again.types(again.wait_done(prompt_id))
+    again.close()

@@ -33,6 +33,7 @@ for _store, _api in API_STATUS.items():
 
 PREVIEWABLE_KEYS = ("images", "video", "audio", "gifs", "animated")
 MAX_LIMIT = 1000
+DEFAULT_LIMIT = 200
 
 
 def _ms(seconds: float | None) -> int | None:
@@ -141,7 +142,7 @@ def _int(request: web.Request, name: str, default: int | None, lo: int, hi: int 
 async def list_jobs(request: web.Request) -> web.Response:
     store = state_of(request).runtime.store
     statuses = _statuses(request.query.get("status"))
-    limit = _int(request, "limit", None, 0, MAX_LIMIT)
+    limit = _int(request, "limit", DEFAULT_LIMIT, 0, MAX_LIMIT)
     offset = _int(request, "offset", 0, 0) or 0
     sort_by = request.query.get("sort_by", "created_at")
     order = request.query.get("sort_order", "desc")
@@ -152,7 +153,7 @@ async def list_jobs(request: web.Request) -> web.Response:
     page = store.list_jobs(statuses, limit=limit, offset=offset, sort=sort, descending=order == "desc")
     return web.json_response({
         "jobs": [job_summary(j) for j in page.jobs],
-        "pagination": {"offset": offset, "limit": limit if limit is not None else page.total,
+        "pagination": {"offset": offset, "limit": limit,
                        "total": page.total, "has_more": page.has_more},
     })
 

@@ -151,6 +151,45 @@ async def get_experiment_folder(request: web.Request) -> web.Response:
     return web.json_response(entries)
 
 
+PREVIEW_SUFFIXES = (".webp", ".png", ".jpg", ".jpeg", ".gif")
+
+
+@routes.get("/experiment/models/preview/{folder}/{path_index}/{filename:.+}")
+async def model_preview(request: web.Request) -> web.StreamResponse:
+    """A model's preview picture (``<name>.png`` or ``<name>.preview.png`` … next to it), as WebP."""
+    import asyncio
+
+    paths = state_of(request).paths
+    folder, filename = request.match_info["folder"], request.match_info["filename"]
+    try:
+        root = paths.folders[folder][int(request.match_info["path_index"])]
+    except (KeyError, IndexError, ValueError):
+        return json_error(404, "not_found", "Unknown model folder or path index", folder)
+    try:
+        model = safe_join(root, filename)
+    except PathEscapeError as exc:
+        return json_error(403, "forbidden", "Invalid path", str(exc))
+    stem = model.with_suffix("")
+    for candidate in [stem.with_name(stem.name + s) for s in PREVIEW_SUFFIXES] + \
+                     [stem.with_name(stem.name + ".preview" + s) for s in PREVIEW_SUFFIXES]:
+        if candidate.is_file():
+            body = await asyncio.to_thread(_to_webp, candidate)
+            return web.Response(body=body, content_type="image/webp",
+                                headers={"Cache-Control": "public, max-age=3600"})
+    return json_error(404, "not_found", "No preview for this model", filename)
+
+
+def _to_webp(path: Path) -> bytes:
+    import io
+
+    from PIL import Image
+
+    with Image.open(path) as img:
+        buf = io.BytesIO()
+        img.convert("RGBA" if "A" in img.getbands() else "RGB").save(buf, format="WEBP", quality=80)
+    return buf.getvalue()
+
+
 def read_safetensors_metadata(path: Path) -> dict[str, Any] | None:
     with open(path, "rb") as fh:
         head = fh.read(8)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import struct
 import sys
-from pathlib import Path
 from typing import Iterable
 
 import pytest

@@ -26,7 +26,7 @@ from aiohttp import web
 from graph_runtime.context import NodeContext
 from graph_runtime.paths import FolderPaths
 from graph_runtime.registry import NodeRegistry, build_registry
-from graph_runtime.schema import Int, Node, NodeResult, Output, Socket
+from graph_runtime.schema import Int, Node, NodeResult, Socket
 from graph_runtime.service import Runtime
 from tests.stub_nodes import pack as stub_pack
 

@@ -59,6 +59,7 @@ class PreparedCond:
     start_percent: float = 0.0
     end_percent: float = 1.0
     control: ControlHook | None = None
+    concat: torch.Tensor | None = None         # (1|B, C, h, w) extra input channels (concat_latent_image)
 
     @property
     def is_plain(self) -> bool:
@@ -159,8 +160,44 @@ def prepare_conditioning(model: DiffusionModel, entries: Sequence[CondEntry], *,
             prepared.mask = m.to(device=device, dtype=dtype)
         if family.is_flux and prepared.area is not None:
             prepared.area = _even_area(prepared.area, h, w)
+        concat = opts.get("concat_latent_image")
+        if concat is not None:
+            prepared.concat = _concat_latent(model, concat, h, w).to(device=device, dtype=dtype)
         out.append(prepared)
     return out
+
+
+def _concat_latent(model: DiffusionModel, latent: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """``concat_latent_image`` (raw VAE latent, InstructPixToPixConditioning) in the model's input space.
+
+    FLUX Canny/Depth and SDXL take it normalised like the sampled latent ((x - shift)·scale, ComfyUI's
+    ``process_latent_in``); SD1.5 InstructPix2Pix takes it raw, as diffusers' pipeline and ComfyUI do.
+    """
+    from nodes.diffusion.sampling import latent_format  # sampling imports this module
+
+    c = latent.float()
+    if c.ndim == 3:
+        c = c[None]
+    if tuple(c.shape[-2:]) != (h, w):
+        c = torch.nn.functional.interpolate(c, size=(h, w), mode="bilinear", align_corners=False)
+    if model.family.is_flux or model.family.is_sdxl:
+        scale, shift = latent_format(model)
+        c = (c - shift) * scale
+    return c
+
+
+def _with_concat(denoiser: Any, x: torch.Tensor, entry: PreparedCond) -> torch.Tensor:
+    """Latent rows plus the entry's extra input channels (zeros when the model wants some but the entry has none)."""
+    c = entry.concat
+    if c is None:
+        missing = int(getattr(denoiser, "in_channels", x.shape[1])) - x.shape[1]
+        return x if missing <= 0 else torch.cat([x, x.new_zeros(x.shape[0], missing, *x.shape[2:])], 1)
+    if tuple(c.shape[-2:]) != tuple(x.shape[-2:]) and entry.area is not None:  # an area crop of the latent
+        ah, aw, ay, ax = entry.area
+        c = c[..., ay:ay + ah, ax:ax + aw]
+    if c.shape[0] != x.shape[0]:
+        c = c.repeat(math.ceil(x.shape[0] / c.shape[0]), 1, 1, 1)[:x.shape[0]]
+    return torch.cat([x, c.to(dtype=x.dtype)], 1)
 
 
 def sdxl_time_ids(family: ModelFamily, opts: dict, pixel_hw: tuple[int, int], *, negative: bool) -> torch.Tensor:
@@ -347,6 +384,7 @@ def _call(denoiser: Any, x_parts: Sequence[torch.Tensor], entries: Sequence[Prep
     row_parts = [_rows_for(e, x.shape[0], dtype) for x, e in zip(x_parts, entries)]
     rows = _cat_rows(row_parts)
     rows.extra = _control_kwargs(denoiser, x_parts, row_parts, [e.control for e in entries], t, percent)
+    x_parts = [_with_concat(denoiser, x, e) for x, e in zip(x_parts, entries)]
     out = denoiser(torch.cat(list(x_parts), 0) if len(x_parts) > 1 else x_parts[0], t, rows)
     return list(out.split([x.shape[0] for x in x_parts], 0))
 

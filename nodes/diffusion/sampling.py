@@ -149,9 +149,12 @@ def latent_format(model: DiffusionModel) -> tuple[float, float]:
 
 
 def latent_channels(model: DiffusionModel) -> int | None:
-    """Latent channels the denoiser takes (FLUX: its token width / 4)."""
+    """Latent channels the denoiser samples: its output width (FLUX: token width / 4).
+
+    Models with extra input channels (FLUX Canny/Depth, InstructPix2Pix) take more than they return.
+    """
     cfg = getattr(model.denoiser, "config", None)
-    n = getattr(cfg, "in_channels", None)
+    n = getattr(cfg, "out_channels", None) or getattr(cfg, "in_channels", None)
     if n is None:
         return None
     return int(n) // 4 if model.family.is_flux else int(n)
@@ -233,11 +236,13 @@ def schedule_values(model: DiffusionModel, sampler: str, scheduler: str, steps: 
 # ---------------------------------------------------------------------------------------------
 # the loop
 
-def _check_channels(denoiser: Any, latent: torch.Tensor, model: DiffusionModel) -> None:
+def _check_channels(denoiser: Any, latent: torch.Tensor, model: DiffusionModel, concat: int = 0) -> None:
     want = denoiser.in_channels
     got = latent.shape[1]
-    if want != got:
+    if want != got + concat:
         hint = " (use EmptySD3LatentImage for FLUX)" if model.family.is_flux and got == 4 else ""
+        if want > got and not concat and model.family.is_flux:
+            hint = " (this model takes the control image as extra channels: use InstructPixToPixConditioning)"
         if not model.family.is_flux and want == got + 5:
             hint = " (9-channel inpainting UNets are not supported; use a regular checkpoint with a noise mask)"
         raise ValueError(f"the latent has {got} channels but the model expects {want}{hint}")
@@ -334,7 +339,8 @@ def sample(req: SamplingRequest, run: RunOptions) -> SamplingResult:
 
     with patched_denoiser(model, device, dtype) as module:
         denoiser = G.make_denoiser(model, module)
-        _check_channels(denoiser, raw, model)
+        _check_channels(denoiser, raw, model, max((p.concat.shape[1] for p in positive if p.concat is not None),
+                                                  default=0))
         for i, t in enumerate(run_ts):
             if run.check_interrupted is not None:
                 run.check_interrupted()

@@ -193,6 +193,9 @@ class InstructPixToPixConditioning(Node):
 
         from nodes.diffusion import vae_ops
 
+        # encode from a channels-first contiguous batch, as diffusers' control pipelines do (the input
+        # layout selects the convolution kernels: another layout drifts by ~1e-6)
+        pixels = pixels[..., :3].movedim(-1, 1).contiguous().movedim(1, -1)
         try:
             concat = vae_ops.encode(vae, pixels)
         except ValueError as exc:

@@ -168,3 +168,40 @@ def test_flux_controlnet_matches_pipeline(tiny_paths, name, node):
     plain = _sample(tiny_paths, tiny, FluxGuidance().execute(_ctx(tiny_paths), conditioning=_encode(
         tiny_paths, tiny, "an astronaut"), guidance=guidance)[0], neg, latent, cfg=1.0, scheduler="simple")
     assert (plain - ours).abs().max() > 1e-3
+
+
+def test_flux_canny_model_with_instruct_pix_to_pix_matches_pipeline(tiny_paths):
+    """FLUX.1-Canny-dev-shaped model: the control image's latent rides along as extra input channels."""
+    from diffusers import FluxControlPipeline
+
+    from nodes.controlnet import InstructPixToPixConditioning
+    from nodes.loaders import UNETLoader
+
+    tiny = fx.flux(True)
+    model = UNETLoader().execute(_ctx(tiny_paths), unet_name="tiny-flux-canny-dev.safetensors")[0]
+    assert model.denoiser.config.in_channels == 2 * model.denoiser.config.out_channels
+    guidance = 30.0
+    pos = FluxGuidance().execute(_ctx(tiny_paths), conditioning=_encode(tiny_paths, tiny, "an astronaut"),
+                                 guidance=guidance)[0]
+    neg = _encode(tiny_paths, tiny, "")
+    pos, neg, latent = InstructPixToPixConditioning().execute(_ctx(tiny_paths), positive=pos, negative=neg,
+                                                              vae=tiny.vae, pixels=control_image())
+    out = KSampler().execute(_ctx(tiny_paths, "KSampler"), model=model, seed=SEED, steps=3, cfg=1.0,
+                             sampler_name="euler", scheduler="simple", positive=pos, negative=neg,
+                             latent_image=latent, denoise=1.0)[0]
+    ours = VAEDecode().execute(_ctx(tiny_paths), samples=out, vae=tiny.vae)[0]
+    c = dict(tiny.components)
+    c["transformer"] = model.denoiser
+    pipe = FluxControlPipeline(**c)
+    pipe.vae = _ModeLatents(c["vae"])
+    ref = pipe(prompt="an astronaut", control_image=control_picture(), num_inference_steps=3,
+               guidance_scale=guidance, height=64, width=64, generator=torch.Generator("cpu").manual_seed(SEED),
+               output_type="pt").images
+    assert _diff(ours, ref) <= TOL
+    # the control channels matter: another control image gives another picture
+    pos2, neg2, _ = InstructPixToPixConditioning().execute(_ctx(tiny_paths), positive=pos, negative=neg,
+                                                           vae=tiny.vae, pixels=control_image().flip(2))
+    other = KSampler().execute(_ctx(tiny_paths, "KSampler"), model=model, seed=SEED, steps=3, cfg=1.0,
+                               sampler_name="euler", scheduler="simple", positive=pos2, negative=neg2,
+                               latent_image=latent, denoise=1.0)[0]
+    assert (other["samples"] - out["samples"]).abs().max() > 1e-4

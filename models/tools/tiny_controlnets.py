@@ -20,6 +20,7 @@ those are re-initialised here with seeded random weights so tests can see a Cont
 """
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import torch
@@ -61,11 +62,16 @@ def build_flux_controlnet(seed: int = SEED, transformer=None):
     from diffusers import FluxControlNetModel
 
     transformer = transformer if transformer is not None else tm.build_flux(dev=True)["transformer"]
-    cfg = transformer.config
+    # FluxControlNetModel.from_transformer, without handing over config keys the ControlNet lacks
+    params = set(inspect.signature(FluxControlNetModel.__init__).parameters)
+    config = {k: v for k, v in dict(transformer.config).items() if k in params}
+    config.update(num_layers=1, num_single_layers=1)
     with tm._seeded(seed + 4):
-        cn = FluxControlNetModel.from_transformer(transformer, num_layers=1, num_single_layers=1,
-                                                  attention_head_dim=cfg.attention_head_dim,
-                                                  num_attention_heads=cfg.num_attention_heads)
+        cn = FluxControlNetModel.from_config(config)
+    for name in ("pos_embed", "time_text_embed", "context_embedder", "x_embedder"):
+        getattr(cn, name).load_state_dict(getattr(transformer, name).state_dict())
+    cn.transformer_blocks.load_state_dict(transformer.transformer_blocks.state_dict(), strict=False)
+    cn.single_transformer_blocks.load_state_dict(transformer.single_transformer_blocks.state_dict(), strict=False)
     _reinit([*cn.controlnet_blocks, *cn.controlnet_single_blocks, cn.controlnet_x_embedder], seed + 5)
     return cn.eval()
 

@@ -57,9 +57,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterable[LiveServer]:
     (base / "models" / "checkpoints" / "notes.txt").write_text("ignored")
     (base / "models" / "embeddings").mkdir(parents=True)
     (base / "models" / "embeddings" / "nice.pt").write_bytes(b"x")
-    from tests.web_harness import test_registry
+    from tests.web_harness import make_registry
 
-    registry = test_registry()
+    registry = make_registry()
     registry.load_custom_nodes([base / "custom_nodes"])
     live = LiveServer(make_runtime(base, registry), probe_torch=False).start()
     yield live

@@ -69,7 +69,7 @@ class EchoOutput(Node):
         return NodeResult((), {"value": [value]})
 
 
-def test_registry() -> NodeRegistry:
+def make_registry() -> NodeRegistry:
     registry = build_registry(packs=["nodes.primitives", "nodes.image"])
     registry.register_module(stub_pack, "tests.stub_nodes.pack")
     registry.register(PreviewEmitter, "tests.web_harness")
@@ -219,7 +219,7 @@ class LiveServer:
 def make_runtime(base: Path, registry: NodeRegistry | None = None) -> Runtime:
     paths = FolderPaths(base)
     paths.ensure_dirs()
-    return Runtime(paths, registry=registry if registry is not None else test_registry())
+    return Runtime(paths, registry=registry if registry is not None else make_registry())
 
 
 @pytest.fixture

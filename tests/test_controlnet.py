@@ -160,6 +160,8 @@ def test_unsupported_and_broken_files_give_clear_errors(tiny_paths, tmp_path):
                                      "Control-LoRA"),
         "t2i.safetensors": ({"adapter.body.0.block1.weight": torch.zeros(2, 2, 3, 3)}, "T2I-Adapter"),
         "not_a_controlnet.safetensors": ({"foo.weight": torch.zeros(2)}, "not a ControlNet"),
+        "union.safetensors": ({"task_embedding": torch.zeros(8, 4), "controlnet_cond_embedding.conv_in.weight":
+                               torch.zeros(16, 3, 3, 3)}, "ControlNet-Union"),
     }
     for name, (sd, message) in cases.items():
         save_file(sd, str(tmp_path / name))
@@ -171,6 +173,13 @@ def test_unsupported_and_broken_files_give_clear_errors(tiny_paths, tmp_path):
     folder.mkdir()
     with pytest.raises(LoadError, match="config.json"):
         load_controlnet(folder, CPU)
+    # a known layout with tensors the architecture does not have is refused, not loaded without them
+    extra = {k: v.contiguous() for k, v in load_controlnet(
+        tiny_paths.model_path("controlnet", "tiny-sd15-controlnet.safetensors"), CPU).module.state_dict().items()}
+    extra["controlnet_mode_embedder.weight"] = torch.zeros(4, 8)
+    save_file(extra, str(tmp_path / "variant.safetensors"))
+    with pytest.raises(LoadError, match="variant that is not supported"):
+        load_controlnet(tmp_path / "variant.safetensors", CPU)
     truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes((tiny_paths.model_path("controlnet", "tiny-sd15-controlnet.safetensors")).read_bytes()[:5000])
     with pytest.raises(LoadError):

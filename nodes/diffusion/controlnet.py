@@ -111,6 +111,8 @@ def detect(shapes: Mapping[str, tuple], file_name: str = "") -> ControlNetFile:
     if _has_prefix(shapes, "adapter.") or "body.0.block1.weight" in shapes or "conv_in.weight" in shapes and \
             _has_prefix(shapes, "body."):
         return ControlNetFile("t2i_adapter", None, unsupported="T2I-Adapters are not supported")
+    if "task_embedding" in shapes or _has_prefix(shapes, "control_add_embedding."):
+        return ControlNetFile("union_sdxl", None, unsupported="ControlNet-Union (ProMax) models are not supported")
     if _has_prefix(shapes, "pos_embed.proj.") and _has_prefix(shapes, "transformer_blocks."):
         return ControlNetFile("sd3", None, unsupported="SD3 ControlNets are not supported (no SD3 models here)")
     if "double_blocks.0.img_attn.qkv.weight" in shapes and _has_prefix(shapes, "controlnet_blocks."):
@@ -139,6 +141,10 @@ def _load_strict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], file_na
                  what: str = "ControlNet") -> torch.nn.Module:
     from nodes.diffusion.single_file import _load_strict as load_strict
 
+    unexpected = sorted(set(sd) - set(model.state_dict()))
+    if unexpected:  # e.g. a union ControlNet's extra embeddings: loading without them would be silently wrong
+        raise LoadError(f"{file_name}: it has {len(unexpected)} tensors a {what} of this structure does not have "
+                        f"(e.g. {', '.join(unexpected[:3])}); it is a {what} variant that is not supported")
     try:
         return load_strict(model, sd, what, file_name, dtype)
     except ModelFileError as exc:

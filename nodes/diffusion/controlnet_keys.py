@@ -146,6 +146,11 @@ def sd_controlnet_from_original(sd: Mapping[str, torch.Tensor], config: Mapping)
     with init_empty_weights():
         empty = ControlNetModel.from_config(dict(config))
     names = controlnet_diffusers_to_original(empty.state_dict().keys(), config)
+    unexpected = sorted(set(sd) - set(names.values()))
+    if unexpected:
+        raise ControlNetFormatError(f"it has {len(unexpected)} tensors a ControlNet of this structure does not have "
+                                    f"(e.g. {', '.join(unexpected[:3])}); it is a ControlNet variant that is not "
+                                    "supported")
     return {d: sd[o] for d, o in names.items() if o in sd}
 
 

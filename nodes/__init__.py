@@ -8,4 +8,6 @@ PACKS = (
     "nodes.latent",
     "nodes.sampling",
     "nodes.upscale",
+    "nodes.controlnet",
+    "nodes.preprocessors",
 )

@@ -15,6 +15,10 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   # torch first, by itself, so the resolver picks the pinned pair from the local wheel store
   .venv/bin/pip install -q "torch==2.14.1" "torchvision==0.29.1"
   .venv/bin/pip install -q -e ".${extras}"
+  # MediaPipe face mesh: 0.10.14 is the last release that bundles its models; installed without
+  # its own dependency list, which would add opencv-contrib (clashing with opencv-headless) and jax.
+  .venv/bin/pip install -q --no-deps "mediapipe==0.10.14"
+  .venv/bin/pip install -q "absl-py>=2" "flatbuffers>=24" "protobuf>=4.25,<5" "matplotlib>=3.8"
   touch "$stamp"
 fi
 if [ "${1:-}" = "--test" ] && ! command -v chromium >/dev/null 2>&1; then

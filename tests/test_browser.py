@@ -159,16 +159,19 @@ def test_load_image_upload(page: Page, server: LiveServer) -> None:
         node.pos = [100, 560]; window.app.graph.add(node); window.app.canvas.setDirty(true, true); return node.id }""")
     page.page.wait_for_function(  # the canvas has drawn the node (widget positions are known)
         f"() => window.app.graph.getNodeById({node_id}).widgets.find(w => w.name === 'upload').y > 0")
-    x, y = page.page.evaluate(f"""() => {{ const node = window.app.graph.getNodeById({node_id});
-        const w = node.widgets.find(w => w.name === 'upload');
-        const rect = window.app.canvas.canvas.getBoundingClientRect();
-        const p = window.app.canvas.ds.convertOffsetToCanvas([node.pos[0] + node.size[0] / 2, node.pos[1] + w.y + 10]);
-        return [rect.left + p[0], rect.top + p[1]] }}""")
+    def upload_button() -> tuple[float, float]:
+        return page.page.evaluate(f"""() => {{ const node = window.app.graph.getNodeById({node_id});
+            const w = node.widgets.find(w => w.name === 'upload');
+            const rect = window.app.canvas.canvas.getBoundingClientRect();
+            const p = window.app.canvas.ds.convertOffsetToCanvas([node.pos[0] + node.size[0] / 2, node.pos[1] + w.y + 10]);
+            return [rect.left + p[0], rect.top + p[1]] }}""")
+
     buf = io.BytesIO()
     Image.new("RGB", (16, 16), (250, 20, 20)).save(buf, format="PNG")
     page.page.mouse.click(800, 750)  # focus the canvas first, as a user would
     chooser = None
-    for _ in range(3):  # a click that lands while the canvas is still settling is ignored by litegraph
+    for _ in range(6):  # a click that lands while the canvas is still settling is ignored by litegraph
+        x, y = upload_button()  # recomputed: the canvas may have moved since the last try
         try:
             with page.page.expect_file_chooser(timeout=5_000) as chooser:
                 page.page.mouse.click(x, y)  # the node's "choose file to upload" button

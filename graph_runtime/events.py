@@ -76,10 +76,10 @@ class NodeProgress:
 
 @dataclass(frozen=True)
 class ProgressState(Event):
-    """Progress of the nodes that changed since the last ProgressState of this prompt.
+    """Progress of the node that changed plus every node still running in this prompt.
 
-    ComfyUI resends every node touched so far (quadratic traffic on long graphs); we send deltas,
-    which the frontend merges into its per-node state.
+    The frontend replaces its node map with each message; it only shows running nodes, so
+    finished nodes are sent once (ComfyUI resends all of them: quadratic traffic on long graphs).
     """
 
     TYPE: ClassVar[str] = "progress_state"

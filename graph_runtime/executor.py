@@ -157,6 +157,7 @@ class _PromptRun:
         self.remaining_consumers: dict[str, int] = {}
         self.keep: set[str] = set()  # sources of lazy inputs are kept for late consumers
         self.blocker_reported: set[int] = set()
+        self.running_progress: dict[str, NodeProgress] = {}
 
     # -- events ---------------------------------------------------------------------------------
     def emit(self, event: Event, *, history: bool = False) -> None:
@@ -168,8 +169,18 @@ class _PromptRun:
             log.exception("event sink failed for %s", event.type)
 
     def _progress_state(self, node_id: str, value: float, maximum: float, state: str) -> None:
-        self.emit(ProgressState(self.prompt_id, {node_id: NodeProgress(value, maximum, state, node_id, self.prompt_id,
-                                                                        node_id, None, node_id)}))
+        """Send the changed node plus every node still running.
+
+        The frontend replaces its per-prompt map with each message, so running nodes must be
+        repeated; finished ones are not (ComfyUI resends every node touched so far, which makes
+        the traffic quadratic in the length of the graph).
+        """
+        entry = NodeProgress(value, maximum, state, node_id, self.prompt_id, node_id, None, node_id)
+        if state == "running":
+            self.running_progress[node_id] = entry
+        else:
+            self.running_progress.pop(node_id, None)
+        self.emit(ProgressState(self.prompt_id, {**self.running_progress, node_id: entry}))
 
     # -- signatures -----------------------------------------------------------------------------
     def compute_signatures(self) -> dict[str, str]:

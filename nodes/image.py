@@ -66,6 +66,11 @@ def tensor_to_pil(image: Any) -> Any:
     return Image.fromarray(arr)
 
 
+# (folder, prefix) -> the last counter written by this process: saves stay O(1) instead of
+# listing a folder that grows with every image (checked against the disk before use).
+_LAST_COUNTER: dict[tuple[str, str], int] = {}
+
+
 def next_save_path(output_dir: Path, prefix: str, width: int, height: int) -> tuple[Path, str, int]:
     """(folder, base filename, first counter) for ``prefix`` as ComfyUI's get_save_image_path does."""
     t = time.localtime()
@@ -79,12 +84,16 @@ def next_save_path(output_dir: Path, prefix: str, width: int, height: int) -> tu
     except PathEscapeError as exc:
         raise NodeError(f"filename_prefix {prefix!r} points outside the output folder", input_name="filename_prefix") from exc
     folder.mkdir(parents=True, exist_ok=True)
-    pattern = re.compile(rf"^{re.escape(base)}_(\d+)_?")
-    counter = 0
-    for existing in os.listdir(folder):
-        m = pattern.match(existing)
-        if m:
-            counter = max(counter, int(m.group(1)))
+    key = (str(folder), base)
+    counter = _LAST_COUNTER.get(key)
+    if counter is None or (folder / f"{base}_{counter + 1:05}_.png").exists():
+        # first save under this prefix (or another writer got ahead): scan the folder once
+        pattern = re.compile(rf"^{re.escape(base)}_(\d+)_?")
+        counter = 0
+        for existing in os.listdir(folder):
+            m = pattern.match(existing)
+            if m:
+                counter = max(counter, int(m.group(1)))
     return folder, base, counter + 1
 
 
@@ -102,6 +111,7 @@ def save_images(ctx: NodeContext, images: Any, prefix: str, kind: str, prompt: d
         name = f"{base.replace('%batch_num%', str(batch_number))}_{counter:05}_.png"
         tensor_to_pil(image).save(folder / name, pnginfo=metadata, compress_level=compress_level)
         results.append({"filename": name, "subfolder": subfolder, "type": kind})
+        _LAST_COUNTER[(str(folder), base)] = counter
         counter += 1
     return results
 

@@ -18,7 +18,7 @@ from typing import Any, Callable
 from graph_runtime.context import RuntimeOptions
 from graph_runtime.events import Event, Executing, QueueStatus
 from graph_runtime.executor import ExecutionReport, Executor, InterruptToken
-from graph_runtime.job_store import DuplicateJobError, Job, JobStatus, JobStore
+from graph_runtime.jobs import DuplicateJobError, Job, JobStatus, JobStore
 from graph_runtime.model_manager import ModelManager
 from graph_runtime.node_info import node_info, object_info
 from graph_runtime.paths import FolderPaths

@@ -1,4 +1,4 @@
-"""Behaviour of the durable SQLite job queue/history (graph_runtime.job_store).
+"""Behaviour of the durable SQLite job queue/history (graph_runtime.jobs).
 
 Stdlib only (no torch); the crash tests run a real child process and SIGKILL it.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from graph_runtime.job_store import (
+from graph_runtime.jobs import (
     CRASH_LOOP_MESSAGE,
     DuplicateJobError,
     JobSort,
@@ -367,7 +367,7 @@ def test_delete_and_clear_history(store: JobStore) -> None:
 _CHILD = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from graph_runtime.job_store import JobStatus, JobStore
+    from graph_runtime.jobs import JobStatus, JobStore
 
     db, mode = Path(sys.argv[1]), sys.argv[2]
     store = JobStore(db)

@@ -6,7 +6,7 @@ import threading
 import pytest
 
 from graph_runtime.events import ExecutionInterrupted, Progress
-from graph_runtime.job_store import JobStatus
+from graph_runtime.jobs import JobStatus
 from graph_runtime.service import Runtime
 from tests.stub_nodes import pack
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from graph_runtime.job_store import Job, JobSort, JobStatus
+from graph_runtime.jobs import Job, JobSort, JobStatus
 from web.bodies import BadRequest, CancelJobsBody, json_error, parse_body
 from web.state import state_of
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from graph_runtime.job_store import JobStatus
+from graph_runtime.jobs import JobStatus
 from graph_runtime.service import is_ui_workflow
 from web.bodies import BadRequest, FreeBody, InterruptBody, PromptBody, QueueBody, json_error, parse_body
 from web.state import state_of

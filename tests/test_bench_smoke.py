@@ -1,0 +1,48 @@
+"""``bench/diffusers_overhead.py`` still runs: tiny mode, one timed repetition, all three paths.
+
+The benchmark is not a test of speed; this only proves the script works end to end (model files
+written, raw pipeline / executor / live HTTP server workers driven in lock-step, memory read, table
+printed) and that the three paths really did the same work: the same number of UNet calls and the
+same image.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load_bench():
+    spec = importlib.util.spec_from_file_location("diffusers_overhead", ROOT / "bench" / "diffusers_overhead.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tiny_mode_runs_all_paths(tmp_path, capsys):
+    bench = _load_bench()
+    out = tmp_path / "measured.json"
+    assert bench.main(["--sizes", "tiny", "--runs", "1", "--resolution", "64", "--workdir", str(tmp_path / "work"),
+                       "--json", str(out)]) == 0
+
+    table = capsys.readouterr().out
+    for path in ("raw", "executor", "http"):
+        assert f"| tiny (3 M params) | {path} | 1 |" in table
+
+    (measured,) = json.loads(out.read_text())
+    results = measured["results"]
+    assert set(results) == {"raw", "executor", "http"}
+    for side, r in results.items():
+        assert len(r["wall"]) == 1 and r["wall"][0] > 0 and r["cpu"][0] > 0, side
+        assert r["threads"] == 1, side
+        assert r["peak_rss"] >= r["runs_peak"] >= r["warm_rss"] > 0, side
+        # cfg 7.5: one batched [uncond, cond] UNet call per step, 4 steps; one decode; two prompts encoded
+        assert r["parts"][0]["calls"] == {"text_encoder": 2, "unet": 4, "vae_decode": 1}, side
+    assert {k.split("#")[0] for k in results["executor"]["nodes"][0]} == {
+        "CLIPTextEncode", "KSampler", "VAEDecode", "PreviewImage"}
+    assert results["http"]["preview_frames"] > 0
+    # same seed and prompts → the same picture (PNG rounding: at most 1 level apart)
+    assert set(measured["image_diff"]) == {"executor", "http"}
+    assert all(d is not None and d <= 1 for d in measured["image_diff"].values()), measured["image_diff"]

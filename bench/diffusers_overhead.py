@@ -47,8 +47,8 @@ Fairness rules:
   during the warm-up; *resident after warm-up* is the RSS after it (same clean-up); *peak RSS* is the
   kernel's high-water mark over warm-up and timed runs (reset via ``/proc/self/clear_refs`` after
   loading, so loading itself is not in it); *gen. Δ* is the timed runs' high-water mark minus the
-  resident RSS after warm-up, i.e. the transient working memory of one generation; ``ru_maxrss``
-  (including loading) is shown too.  The http side's client (urllib + websocket-client with a
+  resident RSS after warm-up, i.e. the transient working memory of one generation; the
+  high-water mark including loading is shown too.  The http side's client (urllib + websocket-client with a
   reader thread, as a browser has) lives in the server's process, so its few MB count against us.
 * The full-size run takes about 5 minutes on 2 shared cores with N=2 (3 processes × ~5 GB RSS, but
   executor and http map the same checkpoint file, so the page cache is shared: ~11 GB in all).
@@ -238,8 +238,9 @@ def serve_driver(side: Side) -> dict[str, Any]:
     """
     import torch
 
+    load_peak = _status("VmHWM")  # before the first reset: loading included (ru_maxrss is reset along with it)
     load_rss = settle()
-    result: dict[str, Any] = {"wall": [], "cpu": [], "parts": [], "load_rss": load_rss,
+    result: dict[str, Any] = {"wall": [], "cpu": [], "parts": [], "load_rss": load_rss, "load_peak": load_peak,
                               "threads": torch.get_num_threads()}
     print("READY", flush=True)
     for line in sys.stdin:
@@ -261,7 +262,7 @@ def serve_driver(side: Side) -> dict[str, Any]:
         print("DONE", flush=True)
     result["runs_peak"] = _status("VmHWM")
     result["peak_rss"] = max(result["warmup_peak"], result["runs_peak"])
-    result["max_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    result["max_rss"] = max(load_peak, result["peak_rss"], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     check = side.check_image()
     result["check_image"] = str(check) if check else None
     result.update(side.extra())

@@ -28,7 +28,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
                         help="compute dtype of the models")
     parser.add_argument("--fp8-weights", action="store_true", help="store diffusion weights in fp8, upcast to compute")
-    parser.add_argument("--cache-budget-mb", type=int, default=2048, help="memory budget of the output cache")
+    parser.add_argument("--cache-budget-mb", type=int, default=512,
+                        help="memory budget of the output cache kept across prompts (LRU)")
     parser.add_argument("--model-budget-mb", type=int, default=None, help="memory budget of resident models")
     parser.add_argument("--preview-method", choices=("auto", "latent2rgb", "none"), default="auto")
     parser.add_argument("--verbose", "-v", action="store_true")

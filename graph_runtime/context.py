@@ -41,7 +41,7 @@ class RuntimeOptions:
     dtype: str = "auto"  # "auto" | "fp32" | "fp16" | "bf16"
     fp8_weights: bool = False
     preview_method: str = "auto"  # "auto" | "latent2rgb" | "none"
-    cache_budget_bytes: int = 2 << 30
+    cache_budget_bytes: int = 512 << 20  # outputs kept across prompts; models are budgeted apart
     model_budget_bytes: int | None = None
 
 

@@ -71,8 +71,13 @@ def tensor_to_pil(image: Any) -> Any:
 _LAST_COUNTER: dict[tuple[str, str], int] = {}
 
 
-def next_save_path(output_dir: Path, prefix: str, width: int, height: int) -> tuple[Path, str, int]:
-    """(folder, base filename, first counter) for ``prefix`` as ComfyUI's get_save_image_path does."""
+def next_save_path(output_dir: Path, prefix: str, width: int, height: int, *,
+                   unique_prefix: bool = False) -> tuple[Path, str, int]:
+    """(folder, base filename, first counter) for ``prefix`` as ComfyUI's get_save_image_path does.
+
+    ``unique_prefix`` (previews, whose prefix is random): take the first free counter by checking
+    names one by one instead of listing a temp folder that grows with every preview.
+    """
     t = time.localtime()
     for key, value in {"%width%": width, "%height%": height, "%year%": t.tm_year, "%month%": f"{t.tm_mon:02}",
                        "%day%": f"{t.tm_mday:02}", "%hour%": f"{t.tm_hour:02}", "%minute%": f"{t.tm_min:02}",
@@ -84,6 +89,11 @@ def next_save_path(output_dir: Path, prefix: str, width: int, height: int) -> tu
     except PathEscapeError as exc:
         raise NodeError(f"filename_prefix {prefix!r} points outside the output folder", input_name="filename_prefix") from exc
     folder.mkdir(parents=True, exist_ok=True)
+    if unique_prefix:
+        counter = 0
+        while (folder / f"{base}_{counter + 1:05}_.png").exists():
+            counter += 1
+        return folder, base, counter + 1
     key = (str(folder), base)
     counter = _LAST_COUNTER.get(key)
     if counter is None or (folder / f"{base}_{counter + 1:05}_.png").exists():
@@ -101,7 +111,8 @@ def save_images(ctx: NodeContext, images: Any, prefix: str, kind: str, prompt: d
                 extra_pnginfo: dict | None, compress_level: int) -> list[dict[str, str]]:
     root = ctx.paths.directory_for(kind)
     height, width = int(images.shape[1]), int(images.shape[2])
-    folder, base, counter = next_save_path(root, prefix, width, height)
+    unique = kind == "temp"
+    folder, base, counter = next_save_path(root, prefix, width, height, unique_prefix=unique)
     subfolder = folder.relative_to(root.resolve()).as_posix() if folder != root.resolve() else ""
     from graph_runtime.workflow_files.png_chunks import png_text_chunks
 
@@ -111,7 +122,8 @@ def save_images(ctx: NodeContext, images: Any, prefix: str, kind: str, prompt: d
         name = f"{base.replace('%batch_num%', str(batch_number))}_{counter:05}_.png"
         tensor_to_pil(image).save(folder / name, pnginfo=metadata, compress_level=compress_level)
         results.append({"filename": name, "subfolder": subfolder, "type": kind})
-        _LAST_COUNTER[(str(folder), base)] = counter
+        if not unique:
+            _LAST_COUNTER[(str(folder), base)] = counter
         counter += 1
     return results
 

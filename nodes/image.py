@@ -357,6 +357,11 @@ class ImageScale(Node):
         return (resize_image(image, width, height, upscale_method, crop),)
 
 
+def _scaled_size(image: Any, scale: float) -> tuple[int, int]:
+    """(width, height) of an IMAGE batch scaled by ``scale``, at least one pixel each."""
+    return max(1, round(image.shape[2] * scale)), max(1, round(image.shape[1] * scale))
+
+
 class ImageScaleBy(Node):
     """Resizes images by a factor."""
 
@@ -367,9 +372,7 @@ class ImageScaleBy(Node):
     OUTPUTS = (Output("IMAGE"),)
 
     def execute(self, ctx: NodeContext, image: Any, upscale_method: str, scale_by: float) -> tuple:
-        width = max(1, round(image.shape[2] * scale_by))
-        height = max(1, round(image.shape[1] * scale_by))
-        return (resize_image(image, width, height, upscale_method),)
+        return (resize_image(image, *_scaled_size(image, scale_by), upscale_method),)
 
 
 class ImageScaleToTotalPixels(Node):
@@ -384,9 +387,7 @@ class ImageScaleToTotalPixels(Node):
     def execute(self, ctx: NodeContext, image: Any, upscale_method: str, megapixels: float) -> tuple:
         total = megapixels * 1024 * 1024
         scale = (total / (image.shape[2] * image.shape[1])) ** 0.5
-        width = max(1, round(image.shape[2] * scale))
-        height = max(1, round(image.shape[1] * scale))
-        return (resize_image(image, width, height, upscale_method),)
+        return (resize_image(image, *_scaled_size(image, scale), upscale_method),)
 
 
 class ImagePadForOutpaint(Node):

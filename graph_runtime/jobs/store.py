@@ -542,18 +542,22 @@ class JobStore:
         return JobPage([row_to_job(rows[q]) for q in seqs if q in rows], total, offset, limit)
 
     # ----------------------------------------------------------------- removal
+    def _delete_where(self, condition: str, prompt_ids: Iterable[str]) -> list[str]:
+        """Delete the given jobs that match ``condition`` (caller holds the lock); returns their ids."""
+        self._check_open()
+        removed: list[str] = []
+        with self._tx() as conn:
+            for chunk in chunks(list(dict.fromkeys(prompt_ids))):
+                removed += [r[0] for r in conn.execute(
+                    f"DELETE FROM jobs WHERE {condition} AND prompt_id IN"
+                    f" ({placeholders(len(chunk))}) RETURNING prompt_id", chunk,
+                ).fetchall()]
+        return removed
+
     def delete_pending(self, prompt_ids: Iterable[str]) -> list[str]:
         """Remove the given jobs if they are still pending; returns the ids removed."""
-        ids = list(dict.fromkeys(prompt_ids))
-        removed: list[str] = []
         with self._lock:
-            self._check_open()
-            with self._tx() as conn:
-                for chunk in chunks(ids):
-                    removed += [r[0] for r in conn.execute(
-                        f"DELETE FROM jobs WHERE status = 'pending' AND prompt_id IN"
-                        f" ({placeholders(len(chunk))}) RETURNING prompt_id", chunk,
-                    ).fetchall()]
+            removed = self._delete_where("status = 'pending'", prompt_ids)
             self._committed()
         return removed
 
@@ -601,16 +605,8 @@ class JobStore:
 
     def delete_history(self, prompt_ids: Iterable[str]) -> list[str]:
         """Remove finished jobs; pending/running ids are left alone.  Returns ids removed."""
-        ids = list(dict.fromkeys(prompt_ids))
-        removed: list[str] = []
         with self._lock:
-            self._check_open()
-            with self._tx() as conn:
-                for chunk in chunks(ids):
-                    removed += [r[0] for r in conn.execute(
-                        f"DELETE FROM jobs WHERE {FINISHED_SQL} AND prompt_id IN"
-                        f" ({placeholders(len(chunk))}) RETURNING prompt_id", chunk,
-                    ).fetchall()]
+            removed = self._delete_where(FINISHED_SQL, prompt_ids)
             self._history_len -= len(removed)
             self._committed()
         return removed

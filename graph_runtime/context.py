@@ -62,6 +62,7 @@ class NodeContext:
     options: RuntimeOptions
     _progress: Callable[[str, float, float, Any], None] = field(repr=False, default=lambda *a: None)
     _interrupted: Callable[[], bool] = field(repr=False, default=lambda: False)
+    _progress_text: Callable[[str, str], None] = field(repr=False, default=lambda *a: None)
     info: dict[str, Any] = field(default_factory=dict)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("genesis.node"))
 
@@ -81,6 +82,13 @@ class NodeContext:
         """
         self._progress(self.node_id, value, total, preview)
         self.check_interrupted()
+
+    def progress_text(self, text: str) -> None:
+        """Show ``text`` on the node while it runs (replaces the previous text; send the whole text so far).
+
+        Each call is one WebSocket frame: callers streaming many updates throttle them (e.g. every 100 ms).
+        """
+        self._progress_text(self.node_id, str(text))
 
     def record(self, **info: Any) -> None:
         """Attach facts about this run to the node's history entry (device, dtype, model file …)."""

@@ -11,4 +11,5 @@ PACKS = (
     "nodes.controlnet",
     "nodes.preprocessors",
     "nodes.quantize.nodes",
+    "nodes.model_save",
 )

@@ -184,11 +184,10 @@ def qwen25_vl_processor(tokenizer):
                                chat_template=CHATML_TEMPLATE)
 
 
-FLORENCE_POST_PROCESS = {
-    "NUM_BBOX_HEIGHT_BINS": 1000, "NUM_BBOX_WIDTH_BINS": 1000, "COORDINATES_HEIGHT_BINS": 1000,
-    "COORDINATES_WIDTH_BINS": 1000, "PARSE_TASKS": [{"TASK_NAME": name} for name in (
-        "od", "ocr_with_region", "ocr", "phrase_grounding", "pure_text", "description_with_bboxes",
-        "description_with_polygons", "polygons", "bboxes", "description_with_bboxes_or_polygons")]}
+FLORENCE_POST_PROCESS = {name: {} for name in (
+    "ocr", "phrase_grounding", "pure_text", "description_with_bboxes", "description_with_polygons", "polygons",
+    "bboxes", "description_with_bboxes_or_polygons")}
+"""One entry per parse type (empty: the library's default pattern), as the real checkpoints carry."""
 
 
 def florence_tokenizer():

@@ -4,9 +4,9 @@
   message holding the image and the prompt, with the generation prompt added (no system message).
 * Florence-2: a task prompt (``<CAPTION>``, ``<DETAILED_CAPTION>``, ``<MORE_DETAILED_CAPTION>``,
   ``<OCR>``, ``<OD>`` …), decoded with the processor's ``post_process_generation``.
-* ``max_pixels`` / ``min_pixels`` bound the image before the processor sees it (and are passed to
-  Qwen-style processors, whose image-token count is pixels / 28²), so a huge image costs a bounded
-  number of tokens and never runs out of memory.
+* ``max_pixels`` bounds the image before the processor sees it, and both bounds are passed to
+  Qwen-style processors (image tokens = pixels / 28²) when tighter than the processor's own, so a
+  huge image costs a bounded number of tokens and never runs out of memory.
 """
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ DEFAULT_PROMPT = "Describe this image in detail."
 FLORENCE_TASKS = ("<CAPTION>", "<DETAILED_CAPTION>", "<MORE_DETAILED_CAPTION>", "<OCR>", "<OCR_WITH_REGION>", "<OD>",
                   "<DENSE_REGION_CAPTION>", "<REGION_PROPOSAL>", "<CAPTION_TO_PHRASE_GROUNDING>")
 DEFAULT_MAX_PIXELS = 1280 * 28 * 28
-DEFAULT_MIN_PIXELS = 256 * 28 * 28
+DEFAULT_MIN_PIXELS = 0
+"""0: the processor's own minimum."""
 
 
 def bound_pixels(image: Any, max_pixels: int, min_pixels: int = 0) -> Any:
@@ -64,8 +65,12 @@ def build_inputs(vlm: Any, image: Any, prompt: str, *, max_pixels: int = DEFAULT
     text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     kwargs: dict[str, Any] = {}
     if _is_qwen_processor(processor):
-        kwargs["images_kwargs"] = {"size": {"longest_edge": int(max_pixels),
-                                            "shortest_edge": int(min(min_pixels, max_pixels))}}
+        size = processor.image_processor.size
+        own_max = int(getattr(size, "longest_edge", None) or size["longest_edge"])
+        own_min = int(getattr(size, "shortest_edge", None) or size["shortest_edge"])
+        longest = min(int(max_pixels), own_max) if max_pixels else own_max
+        shortest = min(int(min_pixels), longest) if min_pixels else min(own_min, longest)
+        kwargs["images_kwargs"] = {"size": {"longest_edge": longest, "shortest_edge": shortest}}
     return dict(processor(text=[text], images=[image], return_tensors="pt", **kwargs)), prompt
 
 

@@ -47,7 +47,8 @@ def sampling_inputs() -> tuple:
             Int("max_pixels", DEFAULT_MAX_PIXELS, min=28 * 28, max=_MAX_PIXELS_LIMIT, step=28 * 28,
                 tooltip="Larger images are scaled down to this many pixels (Qwen: image tokens = pixels / 784)."),
             Int("min_pixels", DEFAULT_MIN_PIXELS, min=0, max=_MAX_PIXELS_LIMIT, step=28 * 28,
-                tooltip="Qwen-style processors scale smaller images up to this many pixels."))
+                tooltip="Qwen-style processors scale smaller images up to this many pixels (0 = the processor's "
+                        "own)."))
 
 
 def _sampling(max_new_tokens: int, temperature: float, top_p: float, seed: int):

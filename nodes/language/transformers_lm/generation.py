@@ -10,7 +10,7 @@
   sharing the tokenizer) and ``prompt_lookup_tokens`` (n-gram candidates from the prompt).
 * Prefix KV reuse: the KV cache of a prompt prefix (system prompt + chat-template head) is kept in
   the model manager under its memory budget and copied into the next call with the same prefix,
-  so only the new tokens are encoded.
+  so only the new tokens are encoded (plain decoding; the assisted paths encode the whole prompt).
 """
 from __future__ import annotations
 
@@ -228,7 +228,9 @@ def generate(lm: Any, inputs: dict[str, Any], sampling: Sampling, ctx: Any = Non
         kwargs["prompt_lookup_num_tokens"] = int(prompt_lookup_tokens)
     reused = 0
     input_ids = inputs.get("input_ids")
-    if prefix_ids and models is not None and draft is None and input_ids is not None \
+    # assisted paths (draft model, prompt lookup) re-feed candidates against the full prompt: with a
+    # pre-filled cache transformers 5.23 decodes prompt lookup wrongly, so reuse is plain decoding only
+    if prefix_ids and models is not None and draft is None and not prompt_lookup_tokens and input_ids is not None \
             and MIN_PREFIX_TOKENS <= len(prefix_ids) < input_ids.shape[1] \
             and input_ids[0, :len(prefix_ids)].tolist() == list(prefix_ids):
         kwargs["past_key_values"] = prefix_kv(models, lm, list(prefix_ids)).fresh_copy()

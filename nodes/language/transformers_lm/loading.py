@@ -83,14 +83,16 @@ class LanguageModel:
         """Bytes held by parameters and buffers (quantized storage counted as stored)."""
         return sum(storage_bytes(t) for t in list(self.model.parameters()) + list(self.model.buffers()))
 
-    def linear_weight_bytes(self) -> dict[str, int]:
-        """Stored bytes of the Linear weights, split into quantized (outside the skips) and kept ones."""
+    def linear_weight_bytes(self, skips: tuple[str, ...] | None = None) -> dict[str, int]:
+        """Stored bytes of the Linear weights, split into those outside ``skips`` (default: the modules this
+        model kept unquantized) and those inside."""
+        skips = self.skipped_modules if skips is None else skips
         out = {"quantized": 0, "kept": 0}
         for name, module in self.model.named_modules():
             weight = getattr(module, "weight", None)
             if weight is None or not _is_linear(module):
                 continue
-            kept = any(name == s or name.startswith(s + ".") for s in self.skipped_modules)
+            kept = any(name == s or name.startswith(s + ".") for s in skips)
             out["kept" if kept else "quantized"] += storage_bytes(weight)
         return out
 

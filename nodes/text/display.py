@@ -43,7 +43,7 @@ class SaveText(Node):
     DISPLAY_NAME = "Save Text"
     CATEGORY = "text"
     OUTPUT_NODE = True
-    INPUTS = (Socket("text", "STRING"),
+    INPUTS = (String("text", "", multiline=True, force_input=True),
               String("filename_prefix", "ComfyUI", tooltip="Prefix of the file name; may hold a subfolder."),
               Combo("format", TEXT_FORMATS, "txt"))
     OUTPUTS = (Output("STRING", "text"),)

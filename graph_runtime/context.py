@@ -42,7 +42,12 @@ class RuntimeOptions:
     fp8_weights: bool = False
     preview_method: str = "auto"  # "auto" | "latent2rgb" | "none"
     cache_budget_bytes: int = 512 << 20  # outputs kept across prompts; models are budgeted apart
-    model_budget_bytes: int | None = None
+    model_budget_bytes: int | None = None  # fixed budget for loaded models (None: the free memory measured)
+    # ComfyUI's memory flags: --highvram/--lowvram/--novram/--cpu as one mode, --reserve-vram,
+    # --disable-smart-memory (see graph_runtime.model_manager.VramMode)
+    vram_mode: str = "normal"  # "highvram" | "normal" | "lowvram" | "novram" | "cpu"
+    reserve_vram_bytes: int = 0
+    smart_memory: bool = True
 
 
 @dataclass

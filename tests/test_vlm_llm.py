@@ -109,7 +109,7 @@ def test_vlm_caption_equals_transformers_generate(name: str, lm_paths, manager) 
     image = picture(1)
     prompt = "<CAPTION>" if name == "tiny-florence-2" else "Describe this image in detail."
     ctx = make_ctx(lm_paths, manager)
-    vlm, = VLMLoader().execute(ctx, name)
+    vlm = VLMLoader().execute(ctx, name)[0].get()
     (caption,), = VLMCaption().execute(ctx, vlm, as_tensor(image), prompt, max_new_tokens=12)
     expected = reference_caption(lm_paths.models_dir / "vlm" / name, image, prompt, 12)
     assert caption == expected
@@ -118,7 +118,7 @@ def test_vlm_caption_equals_transformers_generate(name: str, lm_paths, manager) 
 
 def test_vlm_caption_gives_one_caption_per_image_of_a_batch(lm_paths, manager) -> None:
     ctx = make_ctx(lm_paths, manager)
-    vlm, = VLMLoader().execute(ctx, "tiny-llava")
+    vlm = VLMLoader().execute(ctx, "tiny-llava")[0].get()
     images = [picture(s, (32, 32)) for s in (2, 3, 4)]
     captions, = VLMCaption().execute(ctx, vlm, as_tensor(*images), max_new_tokens=6)
     singles = [VLMCaption().execute(ctx, vlm, as_tensor(i), max_new_tokens=6)[0][0] for i in images]
@@ -127,8 +127,8 @@ def test_vlm_caption_gives_one_caption_per_image_of_a_batch(lm_paths, manager) -
 
 def test_llm_narrate_equals_transformers_generate_plain_draft_and_prompt_lookup(lm_paths, manager) -> None:
     ctx = make_ctx(lm_paths, manager)
-    llm, = LLMLoader().execute(ctx, "tiny-qwen2")
-    draft, = LLMLoader().execute(ctx, "tiny-qwen2-draft")
+    llm = LLMLoader().execute(ctx, "tiny-qwen2")[0].get()
+    draft = LLMLoader().execute(ctx, "tiny-qwen2-draft")[0].get()
     prompt = "The quick brown fox jumps over the lazy dog. The quick brown fox jumps again."
     expected = reference_ids(llm, DEFAULT_SYSTEM_PROMPT, prompt, 24)
     sampling = Sampling(max_new_tokens=24)
@@ -155,7 +155,7 @@ def test_smollm2_narrate_equals_generate_and_knows_the_capital_of_france(smollm2
 
 def test_sampling_is_reproducible_per_seed(lm_paths, manager) -> None:
     ctx = make_ctx(lm_paths, manager)
-    llm, = LLMLoader().execute(ctx, "tiny-qwen2")
+    llm = LLMLoader().execute(ctx, "tiny-qwen2")[0].get()
     runs = [LLMNarrate().execute(ctx, llm, "a cat", temperature=1.0, top_p=0.95, seed=s, max_new_tokens=16)
             for s in (7, 7, 8)]
     assert runs[0] == runs[1] and runs[0] != runs[2]
@@ -194,7 +194,7 @@ def test_tokens_stream_as_growing_text_and_interrupt_keeps_what_was_generated(sm
 def test_prefix_kv_is_reused_from_the_model_manager_with_identical_output(lm_paths) -> None:
     manager = ModelManager()
     ctx = make_ctx(lm_paths, manager)
-    llm, = LLMLoader().execute(ctx, "tiny-qwen2")
+    llm = LLMLoader().execute(ctx, "tiny-qwen2")[0].get()
     system = "You are a careful narrator. " * 12
     sampling = Sampling(max_new_tokens=16)
     first = narrate(ctx, llm, "A red car at sunset.", system, sampling, use_chat_template=True)
@@ -216,7 +216,7 @@ def test_a_4096_square_image_is_captioned_within_the_token_budget(lm_paths, mana
     from nodes.vision_language.captioning import build_inputs, image_token_count
 
     ctx = make_ctx(lm_paths, manager)
-    vlm, = VLMLoader().execute(ctx, "tiny-qwen2.5-vl")
+    vlm = VLMLoader().execute(ctx, "tiny-qwen2.5-vl")[0].get()
     big = Image.new("RGB", (4096, 4096), (120, 30, 200))
     budget = 64 * 28 * 28
     inputs, _ = build_inputs(vlm, big, "Describe.", max_pixels=budget, min_pixels=4 * 28 * 28)
@@ -227,12 +227,12 @@ def test_a_4096_square_image_is_captioned_within_the_token_budget(lm_paths, mana
 
 # -- quantization ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("method,ratio", [("bnb_nf4", 0.2), ("bnb_int8", 0.3), ("fp8_e4m3fn", 0.26),
+@pytest.mark.parametrize("method,ratio", [("bnb_nf4", 0.2), ("bnb_int8", 0.3), ("fp8_e4m3fn", 0.26), ("fp8_e5m2", 0.26),
                                           ("int8_weight_only", 0.3)])
 def test_quantized_vlm_keeps_vision_and_lm_head_and_shrinks_the_language_model(method, ratio, lm_paths) -> None:
     ctx = make_ctx(lm_paths, ModelManager())
-    plain, = VLMLoader().execute(ctx, "tiny-llava")
-    quant, = VLMLoader().execute(ctx, "tiny-llava", quantization=method)
+    plain = VLMLoader().execute(ctx, "tiny-llava")[0].get()
+    quant = VLMLoader().execute(ctx, "tiny-llava", quantization=method)[0].get()
     assert quant.skipped_modules == ("model.vision_tower", "model.multi_modal_projector", "lm_head")
     def quantized(module: torch.nn.Module) -> bool:
         weight = module.weight
@@ -254,7 +254,7 @@ def test_quantized_vlm_keeps_vision_and_lm_head_and_shrinks_the_language_model(m
 
 def test_quantized_llm_generates_and_bad_placements_are_refused_at_validation(lm_paths) -> None:
     ctx = make_ctx(lm_paths, ModelManager())
-    llm, = LLMLoader().execute(ctx, "tiny-qwen2", quantization="bnb_nf4")
+    llm = LLMLoader().execute(ctx, "tiny-qwen2", quantization="bnb_nf4")[0].get()
     assert llm.skipped_modules == ("lm_head",)
     text, _ = LLMNarrate().execute(ctx, llm, "a cat", max_new_tokens=5)
     assert isinstance(text, str)
@@ -275,7 +275,7 @@ def test_caption_folder_resumes_after_an_interrupt_without_duplicate_work(lm_pat
     (folder / "notes.md").write_text("not an image")
     rec = Recorder()
     ctx = make_ctx(lm_paths, manager, rec)
-    vlm, = VLMLoader().execute(ctx, "tiny-llava")
+    vlm = VLMLoader().execute(ctx, "tiny-llava")[0].get()
     done = lambda: sorted(folder.glob("*.txt"))  # noqa: E731
     ctx._interrupted = lambda: len(done()) >= 7
     with pytest.raises(Interrupted):
@@ -299,7 +299,7 @@ def test_caption_folder_resumes_after_an_interrupt_without_duplicate_work(lm_pat
 
 def test_caption_folder_errors_name_the_input(lm_paths, manager, tmp_path) -> None:
     ctx = make_ctx(lm_paths, manager)
-    vlm, = VLMLoader().execute(ctx, "tiny-llava")
+    vlm = VLMLoader().execute(ctx, "tiny-llava")[0].get()
     with pytest.raises(NodeError) as info:
         VLMCaptionFolder().execute(ctx, vlm, str(tmp_path / "missing"))
     assert info.value.input_name == "folder" and "does not exist" in str(info.value)
@@ -315,10 +315,10 @@ def test_every_loader_works_with_the_network_disabled(lm_paths, monkeypatch) -> 
     monkeypatch.setattr(socket, "create_connection", refuse)
     ctx = make_ctx(lm_paths, ModelManager())
     for name in VLMS:
-        vlm, = VLMLoader().execute(ctx, name)
+        vlm = VLMLoader().execute(ctx, name)[0].get()
         assert VLMCaption().execute(ctx, vlm, as_tensor(picture(9, (32, 32))), max_new_tokens=2)[0]
     for name in ("tiny-qwen2", "tiny-qwen2-draft"):
-        llm, = LLMLoader().execute(ctx, name)
+        llm = LLMLoader().execute(ctx, name)[0].get()
         assert isinstance(LLMNarrate().execute(ctx, llm, "hi", max_new_tokens=2)[0], str)
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", 9))

@@ -121,9 +121,10 @@ class LLMNarrate(Node):
                 repetition_penalty: float = 1.0, seed: int = 0, use_chat_template: bool = True, draft_llm=None,
                 prompt_lookup_tokens: int = 0):
         from nodes.language.transformers_lm.generation import Sampling, split_thinking
+        from nodes.language.transformers_lm.handles import loaded
 
-        if llm is None or not hasattr(llm, "tokenizer"):
-            raise NodeError("llm: connect an LLMLoader", input_name="llm")
+        llm = loaded(llm, "llm", "an LLMLoader")
+        draft_llm = None if draft_llm is None else loaded(draft_llm, "draft_llm", "an LLMLoader")
         if draft_llm is not None and prompt_lookup_tokens:
             raise NodeError("prompt_lookup_tokens: use either draft_llm or prompt lookup, not both",
                             input_name="prompt_lookup_tokens")

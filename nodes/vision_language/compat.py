@@ -64,7 +64,7 @@ class AILab_QwenVL(Node):
             raise NodeError("image: connect an image (or video frames) to describe", input_name="image")
         options = LoadOptions(QWENVL_QUANTIZATION.get(quantization, "none"), "auto",
                               QWENVL_ATTENTION.get(attention_mode, "auto"), "auto")
-        vlm = load_model(ctx, "vlm", model_name, options, vision=True)
+        vlm = load_model(ctx, "vlm", model_name, options, vision=True).get()
         prompt = custom_prompt.strip() or QWENVL_PRESETS.get(preset_prompt, QWENVL_PRESETS["🖼️ Detailed Description"])
         sampling = Sampling(max_new_tokens=max_tokens, seed=seed)
         texts = [caption(ctx, vlm, p, prompt, sampling, progress_offset=i * max_tokens,
@@ -108,7 +108,7 @@ class DownloadAndLoadFlorence2Model(Node):
             dtype = "fp32"  # fp16 matmuls on the CPU are slow and lossy; the pack does the same off CUDA
         vlm = load_model(ctx, "vlm", model, LoadOptions("none", dtype, "eager" if attention == "eager" else "sdpa"),
                          vision=True, input_name="model")
-        if not vlm.is_florence:
+        if not vlm.get().is_florence:
             raise NodeError(f"model: {model} is a {vlm.model_type} model, not Florence-2", input_name="model")
         return (vlm,)
 
@@ -140,8 +140,10 @@ class Florence2Run(Node):
         from nodes.language.transformers_lm.generation import Sampling
         from nodes.vision_language.captioning import caption, tensor_images
 
-        vlm = florence2_model
-        if vlm is None or not getattr(vlm, "is_florence", False):
+        from nodes.language.transformers_lm.handles import loaded
+
+        vlm = loaded(florence2_model, "florence2_model", "DownloadAndLoadFlorence2Model")
+        if not vlm.is_florence:
             raise NodeError("florence2_model: connect DownloadAndLoadFlorence2Model", input_name="florence2_model")
         prompt = FLORENCE_TASKS[task] + (text_input if task in _TEXT_TASKS else "")
         # do_sample with beams is beam-sampling; the seed makes it reproducible

@@ -57,9 +57,13 @@ def _sampling(max_new_tokens: int, temperature: float, top_p: float, seed: int):
     return Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
 
 
-def _check_vlm(vlm) -> None:
-    if vlm is None or getattr(vlm, "processor", None) is None:
+def _check_vlm(vlm):
+    from nodes.language.transformers_lm.handles import loaded
+
+    lm = loaded(vlm, "vlm", "a VLMLoader")
+    if lm.processor is None:
         raise NodeError("vlm: connect a VLMLoader (an LLM has no image processor)", input_name="vlm")
+    return lm
 
 
 class VLMCaption(Node):
@@ -81,7 +85,7 @@ class VLMCaption(Node):
                 min_pixels: int = DEFAULT_MIN_PIXELS):
         from nodes.vision_language.captioning import caption, tensor_images
 
-        _check_vlm(vlm)
+        vlm = _check_vlm(vlm)
         sampling = _sampling(max_new_tokens, temperature, top_p, seed)
         pictures = tensor_images(image)
         total = float(len(pictures) * max_new_tokens)
@@ -148,7 +152,7 @@ class VLMCaptionFolder(Node):
 
         from nodes.vision_language.captioning import caption
 
-        _check_vlm(vlm)
+        vlm = _check_vlm(vlm)
         source = _folder(ctx, folder, "folder", must_exist=True)
         target = _folder(ctx, output_folder, "output_folder", must_exist=False) if output_folder.strip() else source
         target.mkdir(parents=True, exist_ok=True)

@@ -11,8 +11,9 @@ Why it looks like this:
   passing any list drops its default skips, so the list holds the *full* prefixes
   (``model.visual``, ``model.vision_tower`` …) found on a meta-device copy of the model, plus
   ``lm_head``.  (Short names such as ``vision_tower`` silently skip nothing.)
-* ``fp8_e4m3fn`` stores Linear weights in float8 and upcasts them per call; ``int8_weight_only``
-  is torchao's weight-only int8 through transformers' ``TorchAoConfig``.
+* ``fp8_e4m3fn`` / ``fp8_e5m2`` store Linear weights in float8 and upcast them per call;
+  ``int8_weight_only`` is torchao's weight-only int8 through transformers' ``TorchAoConfig``.
+  Which methods exist and run on which device is :mod:`nodes.quantize.capabilities`' one list.
 """
 from __future__ import annotations
 
@@ -27,7 +28,6 @@ from nodes.language.transformers_lm.catalog import ModelSource
 
 log = logging.getLogger(__name__)
 
-QUANTIZATIONS = ("none", "bnb_nf4", "bnb_int8", "fp8_e4m3fn", "int8_weight_only")
 DTYPES = ("auto", "bf16", "fp16", "fp32")
 ATTENTIONS = ("auto", "sdpa", "eager")
 DEVICES = ("auto", "cuda", "cpu")
@@ -143,21 +143,9 @@ def resolve_dtype(option: str, device: torch.device) -> torch.dtype:
 
 def check_method(quantization: str, device: torch.device) -> str | None:
     """Why ``quantization`` cannot run on ``device`` (None when it can)."""
-    if quantization not in QUANTIZATIONS:
-        return f"unknown quantization {quantization!r}; choose one of {', '.join(QUANTIZATIONS)}"
-    if quantization.startswith("bnb_"):
-        try:
-            import bitsandbytes  # noqa: F401
-        except ImportError:
-            return f"{quantization} needs the bitsandbytes package"
-    if quantization == "int8_weight_only":
-        try:
-            import torchao  # noqa: F401
-        except ImportError:
-            return "int8_weight_only needs the torchao package"
-    if quantization == "fp8_e4m3fn" and not hasattr(torch, "float8_e4m3fn"):
-        return "fp8_e4m3fn needs a torch build with float8 types"
-    return None
+    from nodes.quantize import capabilities
+
+    return capabilities.refusal(quantization, str(device))
 
 
 def _require_files(folder: Path, kind: str, needs_processor: bool) -> None:
@@ -215,12 +203,12 @@ def _quantization_config(method: str, dtype: torch.dtype, skips: list[str]) -> A
 
 
 class FP8Linear(torch.nn.Module):
-    """A Linear whose weight is stored in float8_e4m3fn and upcast to the input's dtype per call."""
+    """A Linear whose weight is stored in float8 and upcast to the input's dtype per call."""
 
-    def __init__(self, linear: torch.nn.Linear) -> None:
+    def __init__(self, linear: torch.nn.Linear, storage: torch.dtype = torch.float8_e4m3fn) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.weight = torch.nn.Parameter(linear.weight.detach().to(torch.float8_e4m3fn), requires_grad=False)
+        self.weight = torch.nn.Parameter(linear.weight.detach().to(storage), requires_grad=False)
         self.bias = None if linear.bias is None else torch.nn.Parameter(linear.bias.detach(), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -228,14 +216,14 @@ class FP8Linear(torch.nn.Module):
         return torch.nn.functional.linear(x, self.weight.to(x.dtype), bias)
 
 
-def to_fp8(model: torch.nn.Module, skips: list[str]) -> int:
+def to_fp8(model: torch.nn.Module, skips: list[str], storage: torch.dtype = torch.float8_e4m3fn) -> int:
     """Replace every Linear outside ``skips`` (full prefixes) by :class:`FP8Linear`; returns how many."""
     targets = [(name, m) for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)
                and not any(name == s or name.startswith(s + ".") for s in skips)]
     for name, linear in targets:
         parent_name, _, leaf = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, leaf, FP8Linear(linear))
+        setattr(parent, leaf, FP8Linear(linear, storage))
     return len(targets)
 
 
@@ -284,9 +272,10 @@ def load_language_model(source: ModelSource, options: LoadOptions, *, vision: bo
         raise LoadError(f"{source.name}: {exc}") from exc
     if qconfig is None:
         model.to(device)
-    if options.quantization == "fp8_e4m3fn":
-        count = to_fp8(model, skips)
-        log.info("%s: %d Linear layers stored in fp8_e4m3fn", source.name, count)
+    if options.quantization in ("fp8_e4m3fn", "fp8_e5m2"):
+        count = to_fp8(model, skips, getattr(torch, {"fp8_e4m3fn": "float8_e4m3fn",
+                                                     "fp8_e5m2": "float8_e5m2"}[options.quantization]))
+        log.info("%s: %d Linear layers stored in %s", source.name, count, options.quantization)
     model.eval()
     if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -1,13 +1,15 @@
-"""The loaders' ``quantization`` combo and its queue-time check (method runnable on the chosen device)."""
+"""The loaders' ``quantization`` combo and its queue-time check, from the one list of methods
+(:mod:`nodes.quantize.capabilities`)."""
 from __future__ import annotations
 
 from graph_runtime.schema import Combo
-from nodes.language.transformers_lm.loading import QUANTIZATIONS, LoadError, check_method, resolve_device
+from nodes.language.transformers_lm.loading import LoadError, resolve_device
+from nodes.quantize import capabilities
 
 QUANTIZATION_OPTION = Combo(
-    "quantization", QUANTIZATIONS, "none",
-    tooltip="none; bnb_nf4 / bnb_int8 (bitsandbytes; vision tower and lm_head stay unquantized); fp8_e4m3fn "
-            "(fp8 storage, upcast per layer); int8_weight_only (torchao).")
+    "quantization", capabilities.METHODS, capabilities.NONE,
+    tooltip="none; bnb_nf4 / bnb_int8 (bitsandbytes; the vision tower, projector and lm_head stay unquantized); "
+            "fp8_e4m3fn / fp8_e5m2 (fp8 storage, upcast per layer); int8_weight_only (torchao).")
 
 
 def validate_placement(quantization: str = "none", device: str = "auto") -> bool | str:
@@ -16,5 +18,5 @@ def validate_placement(quantization: str = "none", device: str = "auto") -> bool
         target = resolve_device(device)
     except LoadError as exc:
         return str(exc)
-    reason = check_method(quantization, target)
+    reason = capabilities.refusal(quantization, str(target))
     return f"quantization: {reason}" if reason else True

@@ -6,7 +6,7 @@ from typing import Any
 from graph_runtime.context import NodeContext, NodeError
 from graph_runtime.schema import Boolean, CachePolicy, Combo, Float, Int, Node, Output, Resource, Seed, Socket, String
 from nodes.language.transformers_lm.catalog import ModelList
-from nodes.language.transformers_lm.loading import ATTENTIONS, DEVICES, DTYPES, LoadOptions
+from nodes.language.transformers_lm.options import ATTENTIONS, DEVICES, DTYPES, LoadOptions
 from nodes.language.transformers_lm.quantization import QUANTIZATION_OPTION, validate_placement
 
 DEFAULT_SYSTEM_PROMPT = ("You are a narrator. Rewrite the text you are given as a short, vivid narration in flowing "

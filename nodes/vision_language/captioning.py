@@ -15,13 +15,10 @@ import math
 from typing import Any
 
 from nodes.language.transformers_lm.generation import GenerationResult, NodeStreamer, Sampling, generate
+from nodes.vision_language.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, DEFAULT_PROMPT
 
-DEFAULT_PROMPT = "Describe this image in detail."
 FLORENCE_TASKS = ("<CAPTION>", "<DETAILED_CAPTION>", "<MORE_DETAILED_CAPTION>", "<OCR>", "<OCR_WITH_REGION>", "<OD>",
                   "<DENSE_REGION_CAPTION>", "<REGION_PROPOSAL>", "<CAPTION_TO_PHRASE_GROUNDING>")
-DEFAULT_MAX_PIXELS = 1280 * 28 * 28
-DEFAULT_MIN_PIXELS = 0
-"""0: the processor's own minimum."""
 
 
 def bound_pixels(image: Any, max_pixels: int, min_pixels: int = 0) -> Any:

@@ -13,7 +13,7 @@ from typing import Any
 from graph_runtime.context import NodeContext, NodeError
 from graph_runtime.schema import Boolean, CachePolicy, Combo, Int, Node, Output, Resource, Socket, String
 from nodes.language.transformers_lm.catalog import ModelList
-from nodes.language.transformers_lm.loading import LoadOptions
+from nodes.language.transformers_lm.options import LoadOptions
 
 QWENVL_QUANTIZATION = {"4-bit (VRAM-friendly)": "bnb_nf4", "8-bit (Balanced)": "bnb_int8", "None (FP16)": "none"}
 QWENVL_ATTENTION = {"auto": "auto", "sage": "auto", "flash_attention_2": "auto", "sdpa": "sdpa"}

@@ -9,9 +9,9 @@ from graph_runtime.paths import IMAGE_EXTENSIONS
 from graph_runtime.schema import (Boolean, CachePolicy, Float, Int, Node, NodeResult, Output, Resource, Seed, Socket,
                                   String)
 from nodes.language.nodes import loader_inputs
-from nodes.language.transformers_lm.loading import LoadOptions
+from nodes.language.transformers_lm.options import LoadOptions
 from nodes.language.transformers_lm.quantization import validate_placement
-from nodes.vision_language.captioning import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, DEFAULT_PROMPT
+from nodes.vision_language.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, DEFAULT_PROMPT
 
 _MAX_PIXELS_LIMIT = 16384 * 16384
 

@@ -25,12 +25,10 @@ from typing import Any
 import torch
 
 from nodes.language.transformers_lm.catalog import ModelSource
+from nodes.language.transformers_lm.options import ATTENTIONS, DEVICES, DTYPES, LoadOptions  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-DTYPES = ("auto", "bf16", "fp16", "fp32")
-ATTENTIONS = ("auto", "sdpa", "eager")
-DEVICES = ("auto", "cuda", "cpu")
 
 _TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 _VISION_PARTS = ("visual", "vision_tower", "vision_model", "multi_modal_projector", "mm_projector", "vision_embed",
@@ -41,14 +39,6 @@ PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 
 class LoadError(Exception):
     """A model cannot be loaded; the message says which file is missing or which option is wrong."""
-
-
-@dataclass(frozen=True)
-class LoadOptions:
-    quantization: str = "none"
-    dtype: str = "auto"
-    attention: str = "auto"
-    device: str = "auto"
 
 
 @dataclass

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from graph_runtime.schema import Combo
-from nodes.language.transformers_lm.loading import LoadError, resolve_device
 from nodes.quantize import capabilities
 
 QUANTIZATION_OPTION = Combo(
@@ -14,6 +13,8 @@ QUANTIZATION_OPTION = Combo(
 
 def validate_placement(quantization: str = "none", device: str = "auto") -> bool | str:
     """True, or why this quantization cannot run on this device (shown at queue time)."""
+    from nodes.language.transformers_lm.loading import LoadError, resolve_device
+
     try:
         target = resolve_device(device)
     except LoadError as exc:

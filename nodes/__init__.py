@@ -12,4 +12,9 @@ PACKS = (
     "nodes.preprocessors",
     "nodes.quantize.nodes",
     "nodes.model_save",
+    "nodes.text.strings",
+    "nodes.text.display",
+    "nodes.language.nodes",
+    "nodes.vision_language.nodes",
+    "nodes.vision_language.compat",
 )

@@ -594,6 +594,30 @@ class ModelManager:
         log.info("unloaded %s", label)
 
 
+_OOM_CLASSES = frozenset({"OutOfMemoryError"})  # torch.OutOfMemoryError (= torch.cuda.OutOfMemoryError)
+_OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for an allocator's out-of-memory error (CUDA, MPS, the CPU allocator), judged without torch:
+    by the exception class name, or by the message of the RuntimeErrors MPS and the CPU allocator raise."""
+    if any(cls.__name__ in _OOM_CLASSES for cls in type(exc).__mro__):
+        return True
+    if isinstance(exc, MemoryError) and not isinstance(exc, ModelMemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(m in text for m in _OOM_MESSAGES)
+
+
+def out_of_memory_message(class_type: str, node_id: str, exc: BaseException, loaded: list[LoadedModel]) -> str:
+    """The error a node gets when it ran out of memory again after everything else was freed."""
+    kept = ", ".join(f"{m.label} ({m.size_bytes / 2**20:.0f} MB on {m.device})" for m in loaded) or "no models"
+    return (f"{class_type} (node {node_id}) ran out of memory, again after every model it does not use was "
+            f"unloaded ({kept} still loaded): {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}. "
+            f"Use a smaller image size or batch, a quantized model (QuantizeModel, fp8 weight_dtype, a GGUF/NF4 "
+            f"checkpoint), or start with --lowvram.")
+
+
 def manager_for(options: Any, **kwargs: Any) -> ModelManager:
     """The manager a runtime's :class:`~graph_runtime.context.RuntimeOptions` ask for (memory flags)."""
     mode = VramMode(getattr(options, "vram_mode", "normal") or "normal")

@@ -192,6 +192,7 @@ class _PromptRun:
         self.ready: deque[str] = deque()
         self.tasks: dict[asyncio.Task, str] = {}
         self.prefetched: dict[str, CacheEntry] = {}
+        self.requested: dict[str, set[str]] = {}  # lazy inputs each node asked for
         self.expanding: dict[str, CallOutcome] = {}
         self.parent: dict[str, str] = {}  # expanded node -> the node that expanded into it
         self.computed_by_sig: dict[str, str] = {}  # signature -> a node of this prompt that computed it
@@ -417,6 +418,7 @@ class _PromptRun:
         missing = self._lazy_needed(nid, definition, inputs)
         if not missing:
             return False
+        self.requested.setdefault(nid, set()).update(missing)
         self.state[nid] = _WAITING
         sources = [self.prompt[nid]["inputs"][name][0] for name in missing]
         for source in sources:
@@ -429,9 +431,20 @@ class _PromptRun:
         return True
 
     def _resolve_inputs(self, nid: str, definition: NodeDefinition) -> dict[str, list[Any] | None]:
+        """Input lists by name; None for a lazy input the node has not asked for (even if computed).
+
+        Passing a lazy input only once asked for keeps a node's inputs independent of what
+        happens to be cached (ComfyUI passes any value that is available, so the same prompt
+        can map a node over a different number of calls depending on the cache).
+        """
         resolved: dict[str, list[Any] | None] = {}
+        asked = self.requested.get(nid, set())
         for name, value in self.prompt[nid].get("inputs", {}).items():
             if is_link(value):
+                spec = definition.input_map.get(name)
+                if spec is not None and spec.lazy and name not in asked:
+                    resolved[name] = None
+                    continue
                 src_values = self.values.get(value[0])
                 resolved[name] = None if src_values is None else src_values[int(value[1])]
             elif name in definition.input_map:
@@ -447,14 +460,18 @@ class _PromptRun:
 
     def _lazy_needed(self, nid: str, definition: NodeDefinition, inputs: dict[str, list[Any] | None]) -> list[str]:
         links = self.prompt[nid].get("inputs", {})
-        unresolved = [n for n, v in inputs.items() if v is None and is_link(links.get(n))]
+        asked = self.requested.get(nid, set())
+        unresolved = [n for n, v in inputs.items() if v is None and is_link(links.get(n)) and n not in asked]
         if not unresolved:
             return []
         node = definition.node_class()
         ctx = self._context(nid, definition)
-        kwargs = {k: (None if v is None else v[0]) for k, v in inputs.items()}
-        try:
-            wanted = node.check_lazy_status(ctx, **kwargs) or []
+        wanted: list[str] = []
+        try:  # asked once per mapped call, like execute (not for blocked calls); the union is needed
+            for kwargs in mapped_calls(definition, inputs):
+                if find_blocker(kwargs, definition.input_is_list) is not None:
+                    continue
+                wanted.extend(node.check_lazy_status(ctx, **kwargs) or [])
         except Exception as exc:
             raise _Stop(self._error_from_exception(nid, definition, exc, inputs), "error") from exc
         return [n for n in dict.fromkeys(wanted) if n in unresolved]

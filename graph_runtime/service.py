@@ -13,6 +13,8 @@ Where prompts run is the runner's business, behind one small interface: :class:`
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 import uuid
@@ -255,7 +257,7 @@ class Runtime:
             meta.setdefault(nid, {"node_id": nid, "display_node": nid, "parent_node": None, "real_node_id": nid})
             meta[nid]["execution"] = info
         self.store.finish(job.prompt_id, _STATUS_BY_REPORT[report.status], outputs=report.outputs,
-                          messages=report.messages, meta=meta, error=report.error)
+                          messages=report.messages, meta=meta, error=report.error, notes=notes)
         self.last_report = report
         self.emit_status()
         self.emit(Executing(job.prompt_id, None), job.client_id)
@@ -286,6 +288,8 @@ class LocalWorker:
         self._running_lock = threading.Lock()
         self._running: tuple[str, InterruptToken] | None = None
         self._pending_free: dict[str, bool] = {}
+        self.identity = {"name": "server", "host": socket.gethostname(), "pid": os.getpid()}
+        """Where its prompts run, for history (``worker``)."""
 
     def start(self) -> None:
         self._stopping.clear()
@@ -362,7 +366,7 @@ class LocalWorker:
                 pending_free, self._pending_free = self._pending_free, {}
         # freed activations go back to the OS now instead of slowing every allocation (MALLOC_MMAP_THRESHOLD_)
         runtime.models.memory.trim_host()
-        runtime.record(job, report)
+        runtime.record(job, report, notes={"worker": self.identity})
         if pending_free:
             runtime.free_now(pending_free.get("unload_models", False), pending_free.get("free_memory", False))
         return report

@@ -283,12 +283,16 @@ class RayPool:
                 seen = _Seen(PendingPrompt(prompt_id, priority, prompt_model_ids(job.prompt, registry), now),
                              runs_in_server(job.prompt, registry))
                 self._seen[prompt_id] = seen
-            (local if seen.local else pending).append(prompt_id) if seen.local else pending.append(seen.prompt)
+            if seen.local:
+                local.append(prompt_id)
+            else:
+                pending.append(seen.prompt)
         if len(self._seen) > 4 * LOOKAHEAD:
             current = {pid for pid, _ in order}
             self._seen = {pid: s for pid, s in self._seen.items() if pid in current}
         if local and not self._local_busy:
             job = self.runtime.store.claim(local[0])
+            self._seen.pop(local[0], None)
             if job is not None:
                 self._local_busy = True
                 self._local_inbox.put(job)
@@ -296,11 +300,13 @@ class RayPool:
         by_name = {s.name: s for s in self._slots}
         for assignment in plan.assignments:
             job = self.runtime.store.claim(assignment.prompt_id)
-            self._seen.pop(assignment.prompt_id, None)
+            seen = self._seen.pop(assignment.prompt_id, None)
             if job is None:  # deleted or cancelled meanwhile
                 continue
             slot = by_name[assignment.worker]
             slot.state.busy = True
+            if seen is not None:  # it will hold them soon: later prompts of these models wait for it
+                slot.state.models = slot.state.models | seen.prompt.models
             slot.job = job
             slot.last_seen = time.monotonic()
             slot.interrupt_at = None

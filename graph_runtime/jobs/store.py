@@ -108,6 +108,7 @@ from graph_runtime.jobs.sqlite_schema import (
     COLUMNS,
     FINISHED_SQL,
     RUN_ORDER,
+    MIGRATIONS,
     SCHEMA,
     SCHEMA_VERSION,
     chunks,
@@ -193,6 +194,10 @@ class JobStore:
             for statement in SCHEMA.split(";"):  # no ";" inside SCHEMA's statements
                 if statement.strip():
                     conn.execute(statement)
+            if version:  # an older file: bring it up to date (a new one was just created whole)
+                for step in range(version + 1, SCHEMA_VERSION + 1):
+                    for statement in MIGRATIONS.get(step, ()):
+                        conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             saved = conn.execute(
                 "SELECT value FROM counters WHERE name = 'next_number'"
@@ -428,8 +433,11 @@ class JobStore:
         messages: list[Any],
         meta: dict[str, Any] | None = None,
         error: dict[str, Any] | None = None,
+        notes: dict[str, Any] | None = None,
     ) -> None:
         """Record the end of a running job and move it into history.
+
+        ``notes`` are merged into the job's notes (facts about the run: the worker that ran it …).
 
         Raises ``KeyError`` for an unknown id and :class:`JobStateError` when the job is
         not running (finishing twice is a bug in the caller, not something to paper over).
@@ -439,14 +447,14 @@ class JobStore:
             raise ValueError(f"finish() needs a finished status, got {status.value}")
         payload = (
             status.value, time.time(), dumps(outputs), dumps(messages), dumps(meta or {}),
-            None if error is None else dumps(error),
+            None if error is None else dumps(error), dumps(notes or {}),
         )
         with self._lock:
             self._check_open()
             with self._tx() as conn:
                 cur = conn.execute(
                     "UPDATE jobs SET status = ?, finished_at = ?, outputs = ?, messages = ?,"
-                    " meta = ?, error = ?, finish_seq = ?"
+                    " meta = ?, error = ?, notes = json_patch(notes, ?), finish_seq = ?"
                     " WHERE prompt_id = ? AND status = 'running'",
                     (*payload, self._take_finish_seq(), prompt_id),
                 )

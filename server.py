@@ -111,11 +111,17 @@ def build_runner(args: argparse.Namespace):
     mode = getattr(args, "ray", None)
     if not mode:
         if getattr(args, "ray_workers", None) is not None:
-            raise SystemExit("--ray-workers needs --ray auto|local")
+            raise SystemExit("error: --ray-workers needs --ray auto|local")
         return None
     from graph_runtime.cluster.pool import PoolSettings, RayPool
-    from graph_runtime.cluster.ray_session import RaySession
+    from graph_runtime.cluster.ray_session import RaySession, RayUnavailable, import_ray
 
+    try:
+        import_ray()
+    except RayUnavailable as exc:
+        raise SystemExit(f"error: {exc}") from None
+    if args.ray_workers is not None and args.ray_workers < 1:
+        raise SystemExit("error: --ray-workers must be at least 1")
     settings = PoolSettings(workers=args.ray_workers, affinity_wait=args.ray_affinity_wait,
                             hang_timeout=args.ray_hang_timeout)
     return lambda runtime: RayPool(runtime, RaySession(mode), settings)

@@ -50,6 +50,7 @@ class RaySession:
 
     def start(self) -> Any:
         """Initialise Ray (per the mode) and return the ``ray`` module."""
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # the server never phones home on its own
         ray = import_ray()
         if ray.is_initialized():
             if self.mode not in ("attached", "local", "auto"):

@@ -130,7 +130,7 @@ class RayPool:
         self._local_inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._local_thread: threading.Thread | None = None
         self._local_busy = False
-        self._ready = threading.Event()
+        self._state_lock = threading.Lock()
 
     # -- PromptRunner ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -290,31 +290,37 @@ class RayPool:
         if len(self._seen) > 4 * LOOKAHEAD:
             current = {pid for pid, _ in order}
             self._seen = {pid: s for pid, s in self._seen.items() if pid in current}
+        claimed = 0
         if local and not self._local_busy:
             job = self.runtime.store.claim(local[0])
             self._seen.pop(local[0], None)
             if job is not None:
                 self._local_busy = True
                 self._local_inbox.put(job)
-        plan = self.dispatcher.plan(pending, [s.state for s in self._slots], now)
-        by_name = {s.name: s for s in self._slots}
-        for assignment in plan.assignments:
-            job = self.runtime.store.claim(assignment.prompt_id)
-            seen = self._seen.pop(assignment.prompt_id, None)
-            if job is None:  # deleted or cancelled meanwhile
-                continue
-            slot = by_name[assignment.worker]
-            slot.state.busy = True
-            if seen is not None:  # it will hold them soon: later prompts of these models wait for it
-                slot.state.models = slot.state.models | seen.prompt.models
-            slot.job = job
-            slot.last_seen = time.monotonic()
-            slot.interrupt_at = None
-            slot.inbox.put(job)
-            self.dispatched += 1
-            log.debug("prompt %s → %s (%s)", job.prompt_id, slot.name, "warm" if assignment.warm else "cold")
+                claimed += 1
+        with self._state_lock:  # slot threads change states only under this lock
+            plan = self.dispatcher.plan(pending, [s.state for s in self._slots], now)
+            by_name = {s.name: s for s in self._slots}
+            for assignment in plan.assignments:
+                slot = by_name.get(assignment.worker)
+                if slot is None or slot.state.busy or not slot.state.alive:  # pragma: no cover - defensive
+                    continue
+                job = self.runtime.store.claim(assignment.prompt_id)
+                seen = self._seen.pop(assignment.prompt_id, None)
+                if job is None:  # deleted or cancelled meanwhile
+                    continue
+                slot.state.busy = True
+                if seen is not None:  # it will hold them soon: later prompts of these models wait for it
+                    slot.state.models = slot.state.models | seen.prompt.models
+                slot.job = job
+                slot.last_seen = time.monotonic()
+                slot.interrupt_at = None
+                slot.inbox.put(job)
+                claimed += 1
+                self.dispatched += 1
+                log.debug("prompt %s → %s (%s)", job.prompt_id, slot.name, "warm" if assignment.warm else "cold")
         self.dispatch_seconds += time.perf_counter() - started
-        if plan.assignments or local:
+        if claimed:
             self.runtime.emit_status()
         return plan.wake_at
 
@@ -349,12 +355,13 @@ class RayPool:
             log.error("worker %s did not start: %s", slot.name, exc)
             ray.kill(actor, no_restart=True)
             return False
-        slot.actor, slot.identity = actor, identity
-        slot.kill_reason = None
-        slot.state.models = frozenset()
-        slot.state.alive = True
-        slot.state.busy = False
-        slot.state.released_at = time.monotonic()
+        with self._state_lock:
+            slot.actor, slot.identity = actor, identity
+            slot.kill_reason = None
+            slot.state.models = frozenset()
+            slot.state.alive = True
+            slot.state.busy = False
+            slot.state.released_at = time.monotonic()
         log.info("worker %s started on %s (pid %d)", slot.name, identity.host, identity.pid)
         self.wake()
         return True
@@ -386,8 +393,7 @@ class RayPool:
                 "exception_message": f"worker {slot.name} ended the prompt without a result",
                 "exception_type": "WorkerError"}), slot.identity)
         self._record(slot, job, outcome)
-        slot.state.models = outcome.held
-        self._release(slot)
+        self._release(slot, outcome.held)
 
     def _forward(self, slot: _Slot, job: Job, batch: list[WorkerEvent]) -> None:
         for item in batch:
@@ -406,18 +412,21 @@ class RayPool:
                  "models_loaded": outcome.models_loaded, "models": outcome.models_used}
         self.runtime.record(job, report, notes=notes)
 
-    def _release(self, slot: _Slot) -> None:
-        slot.job = None
-        slot.interrupt_at = None
-        slot.state.busy = False
-        slot.state.released_at = time.monotonic()
+    def _release(self, slot: _Slot, held: frozenset[str]) -> None:
+        with self._state_lock:
+            slot.job = None
+            slot.interrupt_at = None
+            slot.state.models = held
+            slot.state.busy = False
+            slot.state.released_at = time.monotonic()
         self.wake()
 
     def _on_lost(self, slot: _Slot, job: Job, reason: str) -> None:
         """The slot's actor died under ``job``: requeue it (or end it), give the slot a new actor."""
         interrupted = slot.interrupt_at is not None
-        slot.actor, slot.state.alive, slot.state.models = None, False, frozenset()
-        slot.job = None
+        with self._state_lock:
+            slot.actor, slot.state.alive, slot.state.models = None, False, frozenset()
+            slot.job = None
         if self._stopping.is_set():  # left running in the store: the next start requeues it
             log.warning("%s while the server stops; prompt %s resumes at the next start", reason, job.prompt_id)
             return
@@ -433,7 +442,8 @@ class RayPool:
         except (KeyError, JobStateError):
             log.exception("could not requeue %s", job.prompt_id)
         old = slot.name
-        slot.state = WorkerState(self._new_name(), busy=True, alive=False)
+        with self._state_lock:
+            slot.state = WorkerState(self._new_name(), busy=True, alive=False)
         self.replaced += 1
         log.warning("replacing worker %s with %s", old, slot.name)
         self.wake()

@@ -114,17 +114,18 @@ def build_runner(args: argparse.Namespace):
             raise SystemExit("error: --ray-workers needs --ray auto|local")
         return None
     from graph_runtime.cluster.pool import PoolSettings, RayPool
-    from graph_runtime.cluster.ray_session import RaySession, RayUnavailable, import_ray
+    from graph_runtime.cluster.ray_session import RaySession, RayUnavailable
 
-    try:
-        import_ray()
-    except RayUnavailable as exc:
-        raise SystemExit(f"error: {exc}") from None
     if args.ray_workers is not None and args.ray_workers < 1:
         raise SystemExit("error: --ray-workers must be at least 1")
     settings = PoolSettings(workers=args.ray_workers, affinity_wait=args.ray_affinity_wait,
                             hang_timeout=args.ray_hang_timeout)
-    return lambda runtime: RayPool(runtime, RaySession(mode), settings)
+    session = RaySession(mode)
+    try:
+        session.start()  # before the web app: a cluster that cannot be joined is a clear error, not a traceback
+    except RayUnavailable as exc:
+        raise SystemExit(f"error: {exc}") from None
+    return lambda runtime: RayPool(runtime, session, settings)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -139,13 +139,13 @@ class RayPool:
         self._stopping.clear()
         count = self._worker_count()
         gpus = self.session.gpus()
-        per_worker_gpu = 1 if gpus >= count else 0
+        per_worker_gpu = 1 if gpus >= count and self.runtime.options.device != "cpu" else 0
         if 0 < gpus < count:
             log.warning("%d workers asked for and the cluster has %d GPU(s): the workers run on the CPU", count, gpus)
         self._actor_cls = actor_class(self._ray, num_gpus=per_worker_gpu, num_cpus=self.settings.cpus_per_worker)
         self._spec = WorkerSpec(FolderLayout.of(self.runtime.paths), self.runtime.options,
                                 self.settings.registry_factory, self.settings.heartbeat_s)
-        self._slots = [_Slot(WorkerState(self._new_name(), busy=True)) for _ in range(count)]
+        self._slots = [_Slot(WorkerState(self._new_name(), busy=True, alive=False)) for _ in range(count)]
         for slot in self._slots:
             slot.thread = threading.Thread(target=self._slot_loop, args=(slot,), name=f"genesis-{slot.name}",
                                            daemon=True)
@@ -425,8 +425,8 @@ class RayPool:
         """The slot's actor died under ``job``: requeue it (or end it), give the slot a new actor."""
         interrupted = slot.interrupt_at is not None
         with self._state_lock:
-            slot.actor, slot.state.alive, slot.state.models = None, False, frozenset()
-            slot.job = None
+            slot.actor, slot.identity, slot.job = None, None, None
+            slot.state.alive, slot.state.models = False, frozenset()
         if self._stopping.is_set():  # left running in the store: the next start requeues it
             log.warning("%s while the server stops; prompt %s resumes at the next start", reason, job.prompt_id)
             return

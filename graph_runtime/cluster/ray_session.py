@@ -49,7 +49,9 @@ class RaySession:
         self._owned = False
 
     def start(self) -> Any:
-        """Initialise Ray (per the mode) and return the ``ray`` module."""
+        """Initialise Ray (per the mode) and return the ``ray`` module (once; later calls return it)."""
+        if self.ray is not None:
+            return self.ray
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # the server never phones home on its own
         ray = import_ray()
         if ray.is_initialized():

@@ -16,6 +16,7 @@ def naive_plan(pending, workers, now, affinity, wait):
     """The documented policy, written out literally (no shared code with the dispatcher)."""
     free = [w for w in workers if w.alive and not w.busy]
     free.sort(key=lambda w: (w.released_at, w.name))
+    taken = {}  # worker name -> the models it holds once given its prompt in this plan
     out = []
     waiting_priorities = []
     for p in pending:
@@ -27,13 +28,16 @@ def naive_plan(pending, workers, now, affinity, wait):
             w = free[0]
             out.append(Assignment(p.prompt_id, w.name, bool(p.models) and p.models.issubset(w.models)))
             free.remove(w)
+            taken[w.name] = w.models | p.models
             continue
         holders = [w for w in free if p.models.issubset(w.models)]
         if holders:
             out.append(Assignment(p.prompt_id, holders[0].name, True))
             free.remove(holders[0])
+            taken[holders[0].name] = holders[0].models | p.models
             continue
-        busy_holder = any(w.alive and w.busy and p.models.issubset(w.models) for w in workers)
+        busy_holder = any(w.alive and w.busy and p.models.issubset(w.models) for w in workers) \
+            or any(p.models.issubset(held) for held in taken.values())
         if busy_holder and now - p.since < wait:
             waiting_priorities.append(p.priority)
             continue
@@ -44,6 +48,7 @@ def naive_plan(pending, workers, now, affinity, wait):
                 best, best_score = w, score
         out.append(Assignment(p.prompt_id, best.name, False))
         free.remove(best)
+        taken[best.name] = best.models | p.models
     return out
 
 
@@ -131,6 +136,10 @@ def test_a_prompt_waits_for_its_busy_worker_then_spills_over():
     assert plan.assignments == [Assignment("p2", "w2", True)] and plan.wake_at == 11.5
     plan = dispatcher.plan([head], [busy, idle], now=11.6)  # waited long enough: the idle worker loads it
     assert plan.assignments == [Assignment("p1", "w2", False)] and plan.wake_at is None
+    # two prompts of one model, two idle workers, one holding it: the second waits for the holder
+    holder, other = WorkerState("w1", frozenset({"a"})), WorkerState("w2", frozenset({"b"}), released_at=1.0)
+    second = PendingPrompt("p4", 0, frozenset({"a"}), 10.0)
+    assert dispatcher.plan([head, second], [holder, other], now=10.5).assignments == [Assignment("p1", "w1", True)]
     # a lower-priority prompt never passes a waiting one
     low = PendingPrompt("p3", -1, frozenset({"b"}), 10.0)
     assert dispatcher.plan([head, low], [busy, idle], now=10.5).assignments == []

@@ -120,7 +120,11 @@ def test_kill_9_with_prompts_running_on_ray_workers_loses_nothing(tmp_path: Path
 
         server.proc.send_signal(signal.SIGKILL)
         server.proc.wait(30)
-        poll(lambda: not alive(family), "the local Ray cluster to die with the server", timeout=60)
+        try:
+            poll(lambda: not alive(family), "the local Ray cluster to die with the server", timeout=60)
+        except AssertionError:
+            left = [(p.pid, p.status(), " ".join(p.cmdline())[:150]) for p in alive(family)]
+            raise AssertionError(f"left running after kill -9: {left}") from None
 
         server = RayServer(base)
         servers.append(server)

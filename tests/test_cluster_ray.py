@@ -87,7 +87,10 @@ def pixels(path: Path) -> np.ndarray:
 
 def test_alternating_checkpoints_stay_on_their_workers_and_images_match_one_process(server, registry, cluster_paths,
                                                                                    tmp_path):
-    server.post("/free", {"unload_models": True, "free_memory": True})
+    pool = pool_of(server)
+    actors = [pool.actor_of(w["name"]) for w in pool.workers()]
+    # both idle: they free at once (a /free racing the first prompt would apply after it instead)
+    assert ray.get([a.control.remote("free", unload_models=True, free_memory=True) for a in actors]) == [True, True]
     prompts = [sd15_prompt(registry, cluster_paths, CKPT_A if i % 2 == 0 else CKPT_B, seed=100 + i, prefix="alt")
                for i in range(6)]
     ids = [server.queue(p) for p in prompts]
@@ -103,8 +106,11 @@ def test_alternating_checkpoints_stay_on_their_workers_and_images_match_one_proc
         ran.setdefault(worker, set()).add(ckpt)
         for ckpt_loaded in {Path(f).name for row in entry["genesis"]["models_loaded"] for f in row["files"]}:
             loads[(worker, ckpt_loaded)] = loads.get((worker, ckpt_loaded), 0) + 1
-    assert len(ran) == 2 and all(len(ckpts) == 1 for ckpts in ran.values()), ran  # each busy with its own
-    assert loads and all(count == 1 for count in loads.values()), loads  # each checkpoint loaded once per worker
+    story = [(i, history[pid]["worker"]["name"], CKPT_A if i % 2 == 0 else CKPT_B,
+              sorted({Path(f).name for row in history[pid]["genesis"]["models_loaded"] for f in row["files"]}))
+             for i, pid in enumerate(ids)]
+    assert len(ran) == 2 and all(len(ckpts) == 1 for ckpts in ran.values()), story  # each busy with its own
+    assert loads and all(count == 1 for count in loads.values()), story  # each checkpoint loaded once per worker
     assert {w for w, _ in loads} == set(ran)
 
     # the files are in the server's output folder, one per prompt, and equal a single-process run
@@ -131,7 +137,7 @@ def test_alternating_checkpoints_stay_on_their_workers_and_images_match_one_proc
     assert sorted(w["name"] for w in workers) == sorted(ran)
     assert all(w["models"] for w in workers)
     server.post("/free", {"unload_models": True})
-    actors = [pool_of(server).actor_of(w["name"]) for w in workers]
+    actors = [pool.actor_of(w["name"]) for w in workers]
     poll(lambda: all(not s["held"] for s in ray.get([a.control.remote("stats") for a in actors])),
          "the workers to unload their models")
 

@@ -4,7 +4,8 @@ Policy (SwarmUI's "model pressure", on top of the durable queue's run order)::
 
     for each pending prompt in run order (priority, then number: ``front`` is first):
         an idle worker already holding all of its models   → that worker (least recently used first)
-        else a busy worker holds them, and the prompt has waited less than ``affinity_wait``
+        else a busy worker holds them (or was just given a prompt that loads them),
+             and the prompt has waited less than ``affinity_wait``
                                                             → wait for it (later prompts may pass,
                                                               never one of lower priority)
         else                                                → the idle worker holding most of its
@@ -75,7 +76,8 @@ class AffinityDispatcher:
 
     def plan(self, pending: Sequence[PendingPrompt], workers: Sequence[WorkerState], now: float) -> Plan:
         idle = sorted((w for w in workers if w.alive and not w.busy), key=lambda w: (w.released_at, w.name))
-        busy = [w for w in workers if w.alive and w.busy]
+        # what busy workers hold, including the ones this plan makes busy (they will hold their prompt's models)
+        busy = [w.models for w in workers if w.alive and w.busy]
         assignments: list[Assignment] = []
         floor: int | None = None  # priority of the first prompt left waiting
         wake_at: float | None = None
@@ -91,10 +93,11 @@ class AffinityDispatcher:
                 wake_at = expires if wake_at is None else min(wake_at, expires)
                 continue
             idle.remove(chosen)
+            busy.append(chosen.models | prompt.models)
             assignments.append(Assignment(prompt.prompt_id, chosen.name, warm))
         return Plan(assignments, wake_at)
 
-    def _choose(self, prompt: PendingPrompt, idle: list[WorkerState], busy: list[WorkerState],
+    def _choose(self, prompt: PendingPrompt, idle: list[WorkerState], busy: list[frozenset[str]],
                 now: float) -> tuple[WorkerState | None, bool]:
         """The worker for ``prompt`` among ``idle`` (in LRU order), or None to wait for a busy holder."""
         if not self.affinity or not prompt.models:
@@ -102,7 +105,7 @@ class AffinityDispatcher:
         for worker in idle:
             if prompt.models <= worker.models:
                 return worker, True
-        if now - prompt.since < self.affinity_wait and any(prompt.models <= w.models for w in busy):
+        if now - prompt.since < self.affinity_wait and any(prompt.models <= held for held in busy):
             return None, False
         best = max(range(len(idle)), key=lambda i: (len(prompt.models & idle[i].models), -i))
         return idle[best], False

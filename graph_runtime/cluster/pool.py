@@ -318,7 +318,9 @@ class RayPool:
                 slot.inbox.put(job)
                 claimed += 1
                 self.dispatched += 1
-                log.debug("prompt %s → %s (%s)", job.prompt_id, slot.name, "warm" if assignment.warm else "cold")
+                log.debug("prompt %s %s → %s (%s); workers: %s", job.prompt_id, sorted(seen.prompt.models) if seen else "?",
+                          slot.name, "warm" if assignment.warm else "cold",
+                          [(s.name, s.state.busy, sorted(s.state.models)) for s in self._slots])
         self.dispatch_seconds += time.perf_counter() - started
         if claimed:
             self.runtime.emit_status()

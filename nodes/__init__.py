@@ -10,4 +10,5 @@ PACKS = (
     "nodes.upscale",
     "nodes.controlnet",
     "nodes.preprocessors",
+    "nodes.video.nodes",
 )

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from graph_runtime.context import NodeError
 from graph_runtime.node_info import input_entry
 from graph_runtime.paths import FolderPaths
 from graph_runtime.registry import NodeRegistry
@@ -337,15 +338,19 @@ class PromptValidator:
             kwargs["input_types"] = received_types
         if params is not None and "paths" in params:
             kwargs["paths"] = self.paths
+        name: str | None = None
         try:
             result = custom(**kwargs)
+        except NodeError as exc:  # a node's own error names the input at fault (or none: a setting)
+            result, name = str(exc), exc.input_name or ""
         except Exception as exc:  # a node's own validation must not crash the server
             result = f"{type(exc).__name__}: {exc}"
         if result is True:
             return []
         message = result if isinstance(result, str) else "invalid inputs"
-        names = [k for k in kwargs if k not in ("input_types", "paths")] or [""]
-        name = names[0]
+        if name is None:
+            names = [k for k in kwargs if k not in ("input_types", "paths")] or [""]
+            name = names[0]
         return [PromptError("custom_validation_failed", "Custom validation failed for node",
                             f"{name} - {message}" if name else message, {"input_name": name})]
 

@@ -303,7 +303,7 @@ class VideoJobEngine:
         kwargs: dict[str, Any] = {"headers": self._headers(request),
                                   "timeout": aiohttp.ClientTimeout(total=timeout or self.request_timeout)}
         if request.files is not None:
-            form = aiohttp.FormData()
+            form = aiohttp.FormData(default_to_multipart=True)
             for k, v in (request.form or {}).items():
                 form.add_field(k, str(v))
             for k, (filename, content, ctype) in request.files.items():

@@ -32,6 +32,7 @@ import asyncio
 import logging
 import random
 import time
+import uuid
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Mapping, Protocol, Union
@@ -39,6 +40,7 @@ from typing import Any, Awaitable, Callable, Mapping, Protocol, Union
 import aiohttp
 
 from graph_runtime.context import Interrupted
+from graph_runtime.jobs.remote import RemoteJobStore
 from nodes.video import codec
 from nodes.video.codec import VideoFormatError
 from nodes.video_api.errors import (ContentRejectedError, ProviderFailedError, ProviderTimeoutError,
@@ -140,6 +142,8 @@ class VideoJobEngine:
                   reporter: Reporter | None = None) -> JobOutcome:
         """Submit (or resume) one job and return the downloaded video; raises typed errors."""
         reporter = reporter or SilentReporter()
+        if journal is None:  # not durable, but submits still carry an idempotency key
+            journal = RemoteJobStore(":memory:").journal(uuid.uuid4().hex, "node")
         own_session = self._session is None
         session = self._session or aiohttp.ClientSession()
         state = _RunState(call_index=journal.next_call() if journal is not None else 0)

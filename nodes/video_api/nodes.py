@@ -45,9 +45,7 @@ class NodeReporter:
             pass  # the engine notices the interrupt itself and cancels the remote job first
 
     def text(self, message: str) -> None:
-        send = getattr(self.ctx, "progress_text", None)
-        if send is not None:
-            send(message)
+        self.ctx.progress_text(message)  # drawn on the node by the frontend (binary frame type 3)
 
     def interrupted(self) -> bool:
         return self.ctx.interrupted

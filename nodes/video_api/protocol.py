@@ -187,7 +187,7 @@ class ProviderAdapter(ABC):
         """The typed error for an HTTP error answer (retries already spent where retryable)."""
         code, message = self.error_text(body)
         where = f"{self.title} {what}"
-        detail = f": {message}" if message else ""
+        detail = f": {message.rstrip('.')}" if message else ""
         if status in (401, 403) and not self.is_content_rejection(code, message):
             return AuthError(f"{where} refused the API key (HTTP {status}){detail}. Check {self.key_variable()}.",
                              provider=self.title, code=code)

@@ -133,6 +133,7 @@ class VideoApiNode(Node):
 
 class _RunwayNode(VideoApiNode):
     ABSTRACT = True
+    NETWORK_KEY = "runway"  # one in-flight limit per provider account
     CATEGORY = "api node/video/Runway"
     ADAPTER = runway.RunwayAdapter
     MODEL: ClassVar[str] = "gen4_turbo"
@@ -221,6 +222,7 @@ class LumaConceptsNode(Node):
 
 class _LumaNode(VideoApiNode):
     ABSTRACT = True
+    NETWORK_KEY = "luma"  # one in-flight limit per provider account
     CATEGORY = "api node/video/Luma"
     ADAPTER = luma.LumaAdapter
 
@@ -308,6 +310,7 @@ def _veo_inputs(duration: int, min_duration: int, models: tuple[str, ...], defau
 class VeoVideoGenerationNode(VideoApiNode):
     """Generates videos from text prompts using Google's Veo 2 API."""
 
+    NETWORK_KEY = "veo"
     DISPLAY_NAME = "Google Veo 2 Video Generation"
     CATEGORY = "api node/video/Veo"
     ADAPTER = veo.VeoAdapter
@@ -363,6 +366,7 @@ KLING_STD_UNSUPPORTED = frozenset({"kling-v2-5-turbo"})  # std mode is refused f
 
 class _KlingNode(VideoApiNode):
     ABSTRACT = True
+    NETWORK_KEY = "kling"  # one in-flight limit per provider account
     CATEGORY = "api node/video/Kling"
     OUTPUTS = (Output(VIDEO), Output("STRING", "video_id"), Output("STRING", "duration"))
     KIND: ClassVar[str] = "text2video"
@@ -448,6 +452,7 @@ def _pika_base_inputs() -> tuple:
 
 class _PikaNode(VideoApiNode):
     ABSTRACT = True
+    NETWORK_KEY = "fal"  # one in-flight limit per provider account
     CATEGORY = "api node/video/Pika"
     ADAPTER = fal.FalAdapter
 
@@ -503,6 +508,7 @@ class PikaTextToVideoNode2_2(_PikaNode):
 class OpenAIVideoSora2(VideoApiNode):
     """OpenAI video and audio generation (Sora 2)."""
 
+    NETWORK_KEY = "openai"
     DISPLAY_NAME = "OpenAI Sora - Video"
     CATEGORY = "api node/video/Sora"
     ADAPTER = sora.SoraAdapter

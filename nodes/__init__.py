@@ -10,5 +10,11 @@ PACKS = (
     "nodes.upscale",
     "nodes.controlnet",
     "nodes.preprocessors",
+    "nodes.text.strings",
+    "nodes.text.display",
+    "nodes.language.nodes",
+    "nodes.vision_language.nodes",
+    "nodes.vision_language.compat",
     "nodes.video.nodes",
+    "nodes.video_api.nodes",
 )

@@ -43,11 +43,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import threading
 import time
 from typing import Any, Awaitable, Callable, TypeVar
 
+from graph_runtime.context import Interrupted
 from graph_runtime.jobs.remote import RemoteJobJournal, RemoteJobStore
 from graph_runtime.schema import NodeDefinition, Resource
 
@@ -55,6 +57,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 DEFAULT_NETWORK_CONCURRENCY = 4
+SLOT_POLL = 0.25
 
 
 class NetworkLane:
@@ -102,19 +105,32 @@ class NetworkLane:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout)
 
-    def run(self, factory: Callable[[], Awaitable[T]], key: str) -> concurrent.futures.Future[T]:
-        """Run ``factory()`` on the lane once a slot for ``key`` is free; a thread-safe future of its result."""
-        self.start()
-        return asyncio.run_coroutine_threadsafe(self._limited(factory, key), self._loop)
+    def run(self, factory: Callable[[], Awaitable[T]], key: str,
+            interrupted: Callable[[], bool] = lambda: False) -> concurrent.futures.Future[T]:
+        """Run ``factory()`` on the lane once a slot for ``key`` is free; a thread-safe future of its result.
 
-    async def _limited(self, factory: Callable[[], Awaitable[T]], key: str) -> T:
+        While it waits for a slot, ``interrupted()`` is checked every ``SLOT_POLL`` seconds and
+        :class:`~graph_runtime.context.Interrupted` raised when it turns true.
+        """
+        self.start()
+        return asyncio.run_coroutine_threadsafe(self._limited(factory, key, interrupted), self._loop)
+
+    async def _limited(self, factory: Callable[[], Awaitable[T]], key: str, interrupted: Callable[[], bool]) -> T:
         slot = self._slots.get(key)
         if slot is None:
             slot = self._slots[key] = asyncio.Semaphore(self.per_key_limit)
         counts = self._counts.setdefault(key, [0, 0])
         counts[1] += 1
         try:
-            await slot.acquire()
+            # one acquire() kept waiting (cancelling and retrying would lose the place in line)
+            acquire = asyncio.ensure_future(slot.acquire())
+            while not (await asyncio.wait({acquire}, timeout=SLOT_POLL))[0]:
+                if interrupted():
+                    acquire.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        if await acquire:
+                            slot.release()
+                    raise Interrupted(f"interrupted while waiting for a free {key} slot")
         finally:
             counts[1] -= 1
         counts[0] += 1
@@ -211,9 +227,10 @@ class Lanes:
     def network_key(definition: NodeDefinition) -> str:
         return str(getattr(definition.node_class, "NETWORK_KEY", None) or definition.class_type)
 
-    async def run_network(self, definition: NodeDefinition, factory: Callable[[], Awaitable[T]]) -> T:
+    async def run_network(self, definition: NodeDefinition, factory: Callable[[], Awaitable[T]],
+                          interrupted: Callable[[], bool] = lambda: False) -> T:
         """Await ``factory()`` run on the network lane (from the prompt's own event loop)."""
-        return await asyncio.wrap_future(self.network.run(factory, self.network_key(definition)))
+        return await asyncio.wrap_future(self.network.run(factory, self.network_key(definition), interrupted))
 
     def park(self, prompt_id: str) -> bool:
         """The prompt only waits on the network lane: give the gate to the next prompt."""

@@ -23,7 +23,7 @@ def fake():
 
 
 @pytest.fixture
-def runtime(base_dir, fake, monkeypatch):
+def runtime(base_dir, fake, monkeypatch):  # noqa: D103 - two remote jobs per provider
     for name in ("RUNWAYML_API_SECRET", "RUNWAYML_BASE_URL", "GENESIS_VIDEO_POLL_INTERVAL"):
         monkeypatch.delenv(name, raising=False)
     (base_dir.user_dir / "secrets.yaml").write_text(yaml.safe_dump(
@@ -74,6 +74,7 @@ def test_at_most_n_remote_jobs_per_provider_the_rest_wait_in_order(runtime, fake
     assert fake.submit_count == 2  # the others wait for a slot
     picture_id = runtime.submit(picture(7)).prompt_id
     assert _wait(lambda: status(runtime, picture_id) is JobStatus.SUCCEEDED)
+    fake.hold_jobs = False
     fake.release()
     assert runtime.wait_idle(30)
     assert all(status(runtime, p) is JobStatus.SUCCEEDED for p in ids)

@@ -125,7 +125,7 @@ class VideoApiNode(Node):
         outcome = await VideoJobEngine(adapter).run(submit, journal=journal, reporter=NodeReporter(ctx))
         ctx.record(provider=adapter.name, remote_job_id=outcome.remote_id, resumed=outcome.resumed,
                    polls=outcome.polls, retries=outcome.retries, remote_seconds=round(outcome.seconds, 3))
-        video = Video.from_bytes(outcome.data)
+        video = await asyncio.to_thread(Video.from_bytes, outcome.data)  # probing is CPU work: off the lane
         return self.results(video, outcome)
 
 

@@ -171,7 +171,7 @@ class VideoJobEngine:
     async def _job(self, session: aiohttp.ClientSession, submit: SubmitSource, journal: Journal | None,
                    reporter: Reporter, state: _RunState) -> JobOutcome:
         title = self.adapter.title
-        record = journal.get(state.call_index) if journal is not None else None
+        record = await asyncio.to_thread(journal.get, state.call_index) if journal is not None else None
         if record is not None and record.accepted:
             state.remote_id, state.handle, state.resumed = record.remote_id, dict(record.handle), True
             state.submitted_at = record.submitted_at
@@ -185,18 +185,19 @@ class VideoJobEngine:
                 submitted = await self._submit(session, submit, journal, reporter, state)
             state.remote_id, state.handle = submitted.remote_id, dict(submitted.handle)
             state.submitted_at = time.time()
-            if journal is not None:
-                journal.accepted(state.call_index, submitted.remote_id, dict(submitted.handle))
+            if journal is not None:  # committed before anything else happens to this job
+                await asyncio.to_thread(journal.accepted, state.call_index, submitted.remote_id,
+                                        dict(submitted.handle))
             log.info("%s: job %s accepted", title, state.remote_id)
         try:
             status = await self._wait_until_done(session, reporter, state, first_poll_now=state.resumed)
             data, status = await self._download_video(session, reporter, state, status)
         except VideoApiError:
             if journal is not None:
-                journal.ended(state.call_index, "failed")
+                await asyncio.to_thread(journal.ended, state.call_index, "failed")
             raise
         if journal is not None:
-            journal.ended(state.call_index, "succeeded")
+            await asyncio.to_thread(journal.ended, state.call_index, "succeeded")
         reporter.progress(100.0)
         self._say(reporter, state, f"{title}: done")
         return JobOutcome(data, state.remote_id or "", state.resumed, state.polls, state.retries,
@@ -206,7 +207,7 @@ class VideoJobEngine:
                       reporter: Reporter, state: _RunState) -> Submitted:
         request = submit if isinstance(submit, HttpRequest) else await submit()
         if journal is not None:  # written before the POST leaves: see graph_runtime.jobs.remote
-            journal.begin(state.call_index, self.adapter.name)
+            await asyncio.to_thread(journal.begin, state.call_index, self.adapter.name)
         self._say(reporter, state, f"{self.adapter.title}: submitting")
         if journal is not None and self.adapter.supports_idempotency:
             request = self.adapter.with_idempotency(request, journal.idempotency_key(state.call_index))

@@ -110,7 +110,8 @@ class VideoApiNode(Node):
         return True
 
     async def execute(self, ctx: NodeContext, **inputs: Any) -> tuple:
-        adapter = self.make_adapter(SettingsSource.load(ctx.paths.user_dir))
+        source = await asyncio.to_thread(SettingsSource.load, ctx.paths.user_dir)  # file I/O: off the loop
+        adapter = self.make_adapter(source)
         problem = adapter.missing_key_message()
         if problem:
             raise MissingKeyError(problem, provider=adapter.title)

@@ -127,7 +127,7 @@ class VideoJobEngine:
     """Runs remote video jobs for one provider adapter (see the module docstring)."""
 
     def __init__(self, adapter: ProviderAdapter, *, session: aiohttp.ClientSession | None = None,
-                 retry: RetryPolicy | None = None, interrupt_check: float = 0.25, request_timeout: float = 120.0,
+                 retry: RetryPolicy | None = None, interrupt_check: float = 0.5, request_timeout: float = 120.0,
                  rng: Callable[[], float] = random.random) -> None:
         self.adapter = adapter
         self._session = session

@@ -100,3 +100,28 @@ def _wait(check, timeout: float = 20.0) -> bool:
             return True
         time.sleep(0.01)  # poll interval
     return False
+
+
+def test_stopping_the_server_detaches_a_parked_prompt_and_the_next_start_resumes_it(base_dir, fake, monkeypatch):
+    for name in ("RUNWAYML_API_SECRET", "RUNWAYML_BASE_URL", "GENESIS_VIDEO_POLL_INTERVAL"):
+        monkeypatch.delenv(name, raising=False)
+    (base_dir.user_dir / "secrets.yaml").write_text(yaml.safe_dump(
+        {**settings_for(fake), "GENESIS_VIDEO_POLL_INTERVAL": 0.03}))
+    rt = Runtime(base_dir, registry=build_registry(packs=PACKS))
+    rt.start()
+    video_id = rt.submit(video(5)).prompt_id
+    fake.wait_until(lambda: fake.count("status") >= 2, "polling")
+    rt.stop()  # a deploy: the paid job is neither cancelled nor forgotten
+    assert fake.cancel_count == 0
+    rt = Runtime(base_dir, registry=build_registry(packs=PACKS))
+    rt.start()
+    try:
+        polls = fake.count("status")
+        fake.wait_until(lambda: fake.count("status") > polls, "polling again")
+        fake.release()
+        assert rt.wait_idle(20)
+        entry = rt.store.get(video_id).history_entry()
+        assert entry["status"]["status_str"] == "success"
+        assert entry["meta"]["gen"]["execution"]["resumed"] is True and fake.submit_count == 1
+    finally:
+        rt.stop()

@@ -70,7 +70,7 @@ class Runtime:
         self.options = options or RuntimeOptions()
         paths.ensure_dirs()
         self.registry = registry if registry is not None else build_registry(custom_dirs=paths.custom_nodes_dirs)
-        self.validator = PromptValidator(self.registry, paths)
+        self.validator = PromptValidator(self.registry, paths, self.options)
         self.store = JobStore(db_path or paths.user_dir / "jobs.sqlite3")
         self.remote_jobs = RemoteJobStore(self.store.db_path)  # same file, own table and connection
         self.lanes = Lanes(self.remote_jobs, network_concurrency=self.options.network_concurrency)

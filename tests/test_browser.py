@@ -197,17 +197,23 @@ def test_run_twice_with_randomized_seed_then_new_text(page: Page, server: LiveSe
     page.open()
     before = set(server.get("/history").json())
 
+    def prompt_ids() -> set[str]:
+        queue = server.get("/queue").json()
+        queued = {item[1] for item in queue["queue_running"] + queue["queue_pending"]}
+        return queued | set(server.get("/history").json())
+
     def run_once() -> dict[str, Any]:
-        known = set(server.get("/history").json())
-        page.page.get_by_role("button", name="Run").first.click()
+        known = prompt_ids()
+        # exact: while a prompt runs, a "Cancel current run" button matches "Run" too
+        page.page.get_by_role("button", name="Run", exact=True).first.click()
         new: set[str] = set()
-        for _ in range(600):  # up to 60 s: poll the history for the prompt the click queued
-            new = set(server.get("/history").json()) - known
+        for _ in range(300):  # up to 30 s: the prompt the click queued shows in the queue or history
+            new = prompt_ids() - known
             if new:
                 break
             page.page.wait_for_timeout(100)
         assert len(new) == 1, "Run queued no prompt"
-        entry = server.wait_history(new.pop())
+        entry = server.wait_history(new.pop(), timeout=180)
         assert entry["status"]["status_str"] == "success", entry["status"]
         return entry
 

@@ -78,8 +78,10 @@ def test_at_most_n_remote_jobs_per_provider_the_rest_wait_in_order(runtime, fake
     fake.release()
     assert runtime.wait_idle(30)
     assert all(status(runtime, p) is JobStatus.SUCCEEDED for p in ids)
+    # slots are handed out in arrival order; jobs that start together may reach the provider in any order
     prompts = [job.body["promptText"] for job in fake.jobs.values()]
-    assert prompts == [f"clip {i}" for i in range(5)] and fake.submit_count == 5
+    assert set(prompts[:2]) == {"clip 0", "clip 1"} and set(prompts[2:4]) == {"clip 2", "clip 3"}
+    assert prompts[4] == "clip 4" and fake.submit_count == 5
 
 
 def test_interrupting_a_parked_prompt_cancels_its_remote_job(runtime, fake):

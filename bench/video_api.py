@@ -8,7 +8,9 @@ seconds.  Phase A runs the image prompts alone (tiny SD1.5, 4 steps, 64×64).  P
 video and image prompts interleaved (video, image, video, …) into a fresh runtime and waits for all.
 Printed: total wall time of phase B against max(image work, video work / concurrency), the longest
 single video prompt, the submits the fake saw (must equal the number of videos), and the network
-lane's CPU time per poll.  Targets: total ≤ 1.2 × max(…), no duplicate submit, < 1 ms CPU per poll.
+lane's CPU time per poll: all lane work divided by the polls (submits and downloads included), and
+the marginal cost of one poll (8 videos rendering 2× longer than 8 others differ only in polls).
+Targets: total ≤ 1.2 × max(…), no duplicate submit, < 1 ms CPU per poll.
 """
 from __future__ import annotations
 
@@ -132,6 +134,18 @@ def main(argv: list[str] | None = None) -> int:
                 polls += int(job.history_entry()["meta"]["gen"]["execution"]["polls"])
                 longest = max(longest, job.finished_at - job.started_at)
         submits = fake.submit_count - submits_before
+        remote_longest = max(float(rt.store.get(pid).history_entry()["meta"]["gen"]["execution"]["remote_seconds"])
+                             for pid, kind in ids.items() if kind == "video")
+        # Marginal cost of a poll: the same videos rendering twice as long differ only in polls.
+        marginal = []
+        for render in (args.render, 2 * args.render):
+            fake.running_s = render
+            cpu = rt.lanes.network.cpu_seconds()
+            _, vids = run_all(rt, [("video", video_prompt(20_000 + int(render * 100) + i)) for i in range(8)], 600)
+            n = sum(int(rt.store.get(p).history_entry()["meta"]["gen"]["execution"]["polls"]) for p in vids)
+            marginal.append((rt.lanes.network.cpu_seconds() - cpu, n))
+        fake.running_s = args.render
+        per_poll_marginal = (marginal[1][0] - marginal[0][0]) / max(1, marginal[1][1] - marginal[0][1])
         rt.stop()
     finally:
         fake.stop()
@@ -144,18 +158,20 @@ def main(argv: list[str] | None = None) -> int:
         ("fake render per video, concurrency", f"{args.render:.1f} s, {args.concurrency}"),
         ("image prompts alone (phase A)", f"{image_work:.1f} s"),
         ("video work / concurrency", f"{video_work / args.concurrency:.1f} s"),
-        ("longest single video prompt", f"{longest:.1f} s"),
+        ("longest single video prompt (incl. waiting for a slot)", f"{longest:.1f} s"),
+        ("longest single remote job (submit to download)", f"{remote_longest:.1f} s"),
         ("interleaved total (phase B)", f"{total:.1f} s"),
         ("total / max(image, video/concurrency)", f"{total / bound:.2f}  (target ≤ 1.20)"),
         ("submits seen by the fake", f"{submits}  (must be {args.videos})"),
-        ("polls, lane CPU per poll", f"{polls}, {lane_cpu / max(polls, 1) * 1e3:.3f} ms  (target < 1 ms)"),
+        ("polls; lane CPU / polls (all lane work)", f"{polls}; {lane_cpu / max(polls, 1) * 1e3:.3f} ms"),
+        ("marginal lane CPU per poll (engine's poll cost)", f"{per_poll_marginal * 1e3:.3f} ms  (target < 1 ms)"),
     ]
     width = max(len(k) for k, _ in rows)
     print(f"{'measure':<{width}}  value")
     print(f"{'-' * width}  {'-' * 30}")
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
-    ok = total <= 1.2 * bound and submits == args.videos
+    ok = total <= 1.2 * bound and submits == args.videos and per_poll_marginal < 1e-3
     return 0 if ok else 1
 
 

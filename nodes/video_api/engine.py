@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 EXPIRED_LINK_STATUSES = frozenset({403, 404, 410})
 DOWNLOAD_ATTEMPTS = 3
 CHUNK = 256 << 10
+AUTH_REFRESH = 60.0  # seconds an auth header is reused within a run
 
 
 class Reporter(Protocol):
@@ -120,6 +121,9 @@ class _RunState:
     polls: int = 0
     retries: int = 0
     last_text: str = ""
+    last_percent: int = -1
+    auth: dict[str, str] = field(default_factory=dict)
+    auth_at: float = -1e9
     started: float = field(default_factory=time.monotonic)
 
 
@@ -136,6 +140,7 @@ class VideoJobEngine:
         self.interrupt_check = interrupt_check
         self.request_timeout = request_timeout
         self.rng = rng
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
     # -- public -----------------------------------------------------------------------------------
     async def run(self, submit: SubmitSource, *, journal: Journal | None = None,
@@ -298,15 +303,25 @@ class VideoJobEngine:
                 journal.ended(state.call_index, "cancelled")
 
     # -- HTTP -------------------------------------------------------------------------------------
-    def _headers(self, request: HttpRequest) -> dict[str, str]:
+    def _headers(self, request: HttpRequest, state: _RunState | None) -> dict[str, str]:
         headers = dict(request.headers)
         if request.authenticated and self.adapter.same_origin(request.url):
-            headers.update(self.adapter.auth_headers())
+            if state is None:
+                headers.update(self.adapter.auth_headers())
+            else:  # re-read once a minute: keys rotate, Kling tokens expire
+                now = time.monotonic()
+                if now - state.auth_at > AUTH_REFRESH:
+                    state.auth, state.auth_at = self.adapter.auth_headers(), now
+                headers.update(state.auth)
         return headers
 
-    def _request(self, session: aiohttp.ClientSession, request: HttpRequest, *, timeout: float | None = None) -> Any:
-        kwargs: dict[str, Any] = {"headers": self._headers(request),
-                                  "timeout": aiohttp.ClientTimeout(total=timeout or self.request_timeout)}
+    def _request(self, session: aiohttp.ClientSession, request: HttpRequest, *, timeout: float | None = None,
+                 state: _RunState | None = None) -> Any:
+        total = timeout or self.request_timeout
+        client_timeout = self._timeouts.get(total)
+        if client_timeout is None:
+            client_timeout = self._timeouts[total] = aiohttp.ClientTimeout(total=total)
+        kwargs: dict[str, Any] = {"headers": self._headers(request, state), "timeout": client_timeout}
         if request.files is not None:
             form = aiohttp.FormData(default_to_multipart=True)
             for k, v in (request.form or {}).items():
@@ -327,7 +342,7 @@ class VideoJobEngine:
         is_post = request.method.upper() == "POST" and what == "submit"
         while True:
             try:
-                async with self._request(session, request) as resp:
+                async with self._request(session, request, state=state) as resp:
                     body = await resp.read()
                     if resp.status < 400:
                         if not body:
@@ -369,7 +384,8 @@ class VideoJobEngine:
         attempt = 0
         while True:
             try:
-                async with self._request(session, request, timeout=max(self.request_timeout, 600.0)) as resp:
+                async with self._request(session, request, timeout=max(self.request_timeout, 600.0),
+                                         state=state) as resp:
                     if resp.status in EXPIRED_LINK_STATUSES:
                         await resp.read()
                         raise _ExpiredLink()
@@ -432,7 +448,10 @@ class VideoJobEngine:
             self._say(reporter, state, f"{title}: queued{where}{detail} · {elapsed:.0f} s")
         elif status.state is State.RUNNING:
             if status.progress is not None:
-                reporter.progress(max(0.0, min(100.0, float(status.progress))))
+                percent = max(0.0, min(100.0, float(status.progress)))
+                if int(percent) != state.last_percent:  # one progress event per whole percent
+                    state.last_percent = int(percent)
+                    reporter.progress(percent)
                 self._say(reporter, state, f"{title}: running {status.progress:.0f} % · {elapsed:.0f} s")
             else:
                 self._say(reporter, state, f"{title}: running · {elapsed:.0f} s")

@@ -294,8 +294,6 @@ class _PromptRun:
         finally:
             for task in self.tasks:
                 task.cancel()
-            if self.lanes is not None:
-                self.lanes.park(self.prompt_id)  # done: the next prompt may have the gate
         self.report.seconds = time.perf_counter() - started
         self.report.signatures = dict(self.sig)
         self.report.process_peak_rss_bytes = _process_peak_rss()

@@ -37,7 +37,8 @@ Design
 Narrow interface: the executor calls :meth:`Lanes.is_network`, :meth:`Lanes.run_network`,
 :meth:`Lanes.park` / :meth:`Lanes.unpark`, :meth:`Lanes.journal` and :meth:`Lanes.resumable_nodes`;
 the service owns the object, hands the gate to each claimed prompt (:meth:`GpuGate.acquire`)
-and calls :meth:`Lanes.forget` when a prompt finishes.
+and takes it back (:meth:`Lanes.forget`) only once the prompt's history is written, so prompts
+that run one after the other also finish in that order.
 """
 from __future__ import annotations
 

@@ -309,7 +309,6 @@ class Runtime:
             meta[nid]["execution"] = info
         self.store.finish(job.prompt_id, _STATUS_BY_REPORT[report.status], outputs=report.outputs,
                           messages=report.messages, meta=meta, error=report.error)
-        self.lanes.forget(job.prompt_id)
         self.last_report = report
         # freed activations go back to the OS now instead of slowing every allocation (MALLOC_MMAP_THRESHOLD_)
         self.models.memory.trim_host()
@@ -317,6 +316,7 @@ class Runtime:
         self._emit(Executing(job.prompt_id, None), client_id)
         if pending_free:
             self._free_now(pending_free.get("unload_models", False), pending_free.get("free_memory", False))
+        self.lanes.forget(job.prompt_id)  # the next prompt may start once this one is fully announced
         return report
 
     def wait_idle(self, timeout: float = 30.0) -> bool:

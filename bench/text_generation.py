@@ -195,7 +195,7 @@ def bench_model(base: Path, model_name: str, runs: int, max_new_tokens: int) -> 
         times["executor"].append((time.perf_counter() - start) / max(1, len(ids)))
         text = report.outputs["3"]["text"][0]
         assert text == raw.lm.tokenizer.decode(ids, skip_special_tokens=True).strip(), "outputs differ"
-        times["http"].append(http.run(prompt_graph(model_name, system, question + " ", max_new_tokens))
+        times["http"].append(http.run(prompt_graph(model_name, system, question, max_new_tokens))
                              / max(1, len(ids)))
     raw_tps = 1 / statistics.median(times["raw"])
     rows = []

@@ -227,6 +227,7 @@ def generate(lm: Any, inputs: dict[str, Any], sampling: Sampling, ctx: Any = Non
     elif prompt_lookup_tokens > 0:
         kwargs["prompt_lookup_num_tokens"] = int(prompt_lookup_tokens)
     reused = 0
+    started = time.perf_counter()  # time to first token includes finding or computing the prefix cache
     input_ids = inputs.get("input_ids")
     # assisted paths (draft model, prompt lookup) re-feed candidates against the full prompt: with a
     # pre-filled cache transformers 5.23 decodes prompt lookup wrongly, so reuse is plain decoding only
@@ -236,7 +237,6 @@ def generate(lm: Any, inputs: dict[str, Any], sampling: Sampling, ctx: Any = Non
         kwargs["past_key_values"] = prefix_kv(models, lm, list(prefix_ids)).fresh_copy()
         reused = len(prefix_ids)
     kwargs.update(extra or {})
-    started = time.perf_counter()
     streamer.started = started
     if sampling.num_beams > 1:  # beams cannot stream: transformers refuses a streamer with beam search
         if ctx is not None:

@@ -120,6 +120,8 @@ class GeneratedTokenPenalty:
 def generate_text(ctx: NodeContext, clip: Any, prompt: str, max_length: int, mode: dict[str, Any], *,
                   thinking: bool, use_default_template: bool, system_prompt: str) -> tuple[str, str]:
     """Render, tokenize and generate; returns ``(generated_text, thinking)`` as ComfyUI's node splits them."""
+    import time
+
     import torch
     from transformers import LogitsProcessorList
 
@@ -127,6 +129,7 @@ def generate_text(ctx: NodeContext, clip: Any, prompt: str, max_length: int, mod
     from nodes.language.transformers_lm.generation import common_prefix_length, generate, thinking_decoder
 
     lm = clip.language_model()
+    requested_at = time.perf_counter()
     text, head = render(clip.family, prompt, system_prompt=system_prompt, thinking=thinking,
                         use_default_template=use_default_template)
     tok = lm.tokenizer
@@ -142,7 +145,7 @@ def generate_text(ctx: NodeContext, clip: Any, prompt: str, max_length: int, mod
         extra["logits_processor"] = LogitsProcessorList([GeneratedTokenPenalty(len(ids), repetition, presence)])
     inputs = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
     result = generate(lm, inputs, sampling, ctx, prefix_ids=prefix, models=ctx.models,
-                      decode=thinking_decoder(tok), extra=extra)
+                      decode=thinking_decoder(tok), extra=extra, requested_at=requested_at)
     ctx.record(new_tokens=len(result.token_ids), tokens_per_second=round(result.tokens_per_second, 2),
                prefix_tokens_reused=result.prefix_tokens_reused)
     return split_reasoning(result.text, text)

@@ -263,6 +263,8 @@ class Runtime:
         self.store.finish(job.prompt_id, _STATUS_BY_REPORT[report.status], outputs=report.outputs,
                           messages=report.messages, meta=meta, error=report.error)
         self.last_report = report
+        # freed activations go back to the OS now instead of slowing every allocation (MALLOC_MMAP_THRESHOLD_)
+        self.models.memory.trim_host()
         self._emit_status()
         self._emit(Executing(job.prompt_id, None), client_id)
         if pending_free:

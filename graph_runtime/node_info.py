@@ -55,7 +55,7 @@ def input_entry(spec: InputSpec, paths: FolderPaths | None) -> list:
 
 def input_dict(specs: Any, paths: FolderPaths | None) -> dict[str, dict[str, list]]:
     """V1 ``{"required": {...}, "optional": {...}}`` for a group of inputs (a dynamic option's, a template)."""
-    out: dict[str, dict[str, list]] = {}
+    out: dict[str, dict[str, list]] = {"required": {}}  # always present, as ComfyUI writes it
     for spec in specs:
         out.setdefault("optional" if spec.optional else "required", {})[spec.name] = input_entry(spec, paths)
     return out

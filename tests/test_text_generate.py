@@ -249,3 +249,29 @@ def test_official_qwen3_template_loads_and_runs(te_paths: FolderPaths) -> None:
     generate["inputs"]["sampling_mode.seed"] = 7
     again = executor.execute("t2", PromptValidator(registry, te_paths).validate(prompt).prompt, checked.outputs)
     assert again.ok and again.outputs[preview]["text"][0] != first
+
+
+def test_generated_token_penalty_matches_a_naive_reference() -> None:
+    """Repetition / presence penalties over generated tokens only, against a per-token loop (hypothesis)."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from nodes.language.text_generate import GeneratedTokenPenalty
+
+    @settings(max_examples=60, deadline=None)
+    @given(prompt=st.lists(st.integers(0, 15), min_size=1, max_size=6),
+           generated=st.lists(st.integers(0, 15), max_size=8),
+           logits=st.lists(st.floats(-5, 5, allow_nan=False), min_size=16, max_size=16),
+           repetition=st.floats(0.5, 3.0), presence=st.floats(0.0, 3.0))
+    def check(prompt, generated, logits, repetition, presence):
+        ids = torch.tensor([prompt + generated])
+        scores = torch.tensor([logits], dtype=torch.float32)
+        got = GeneratedTokenPenalty(len(prompt), repetition, presence)(ids, scores)[0].tolist()
+        want = list(logits)
+        for t in set(generated):
+            value = want[t]
+            value = value * repetition if value < 0 else value / repetition
+            want[t] = value - presence
+        assert got == pytest.approx(want, rel=1e-5, abs=1e-5)
+
+    check()

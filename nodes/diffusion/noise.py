@@ -16,6 +16,7 @@
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Sequence
 
 import torch
@@ -80,5 +81,9 @@ class BrownianTreeNoiseSampler:
         device, dtype = lo.device, lo.dtype
         if self.cpu:
             lo, hi = lo.detach().cpu().float(), hi.detach().cpu().float()
-        w = self.tree(lo, hi).to(device=device, dtype=dtype) * (self.sign * sign)
+        with warnings.catch_warnings():
+            # torchsde notes float32 σ bounds a hair outside its float64 interval; harmless
+            warnings.filterwarnings("ignore", message="Should have", category=UserWarning)
+            w = self.tree(lo, hi)
+        w = w.to(device=device, dtype=dtype) * (self.sign * sign)
         return w / (b - a).abs().sqrt()

@@ -20,7 +20,8 @@ With that, Euler, Euler ancestral, Heun, DDIM (= Euler on ``ddim_uniform``), SDX
 are **bit-exact** (max abs difference 0.0: the same batched ``[uncond, cond]`` calls on the same
 values).  Samplers whose diffusers form computes the same formulas in another space (DPM-Solver++,
 its SDE variant and UniPC, in variance-preserving space) agree to ``ROUNDING``.  LMS is not compared:
-ComfyUI's last LMS step jumps to the denoised estimate, diffusers' integrates down to σ = 0.  Where ComfyUI and diffusers *disagree*
+ComfyUI's last LMS step jumps to the denoised estimate, diffusers' integrates down to σ = 0.
+Where ComfyUI and diffusers *disagree*
 — ``denoise`` < 1 (ComfyUI: the last ``steps`` of an ``int(steps/denoise)``-step schedule; diffusers:
 ``int(steps·strength)`` of ``steps``) and inpainting (ComfyUI blends the kept region before each model
 call) — the tests follow ComfyUI and say how the pipeline was set up to do the same.

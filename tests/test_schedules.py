@@ -33,7 +33,7 @@ FLOW_RTOL = 2e-6
 # --- the references: ComfyUI's formulas, float64 --------------------------------------------------
 
 class RefSD:
-    """ModelSamplingDiscrete: betas = linspace(√β₀, √β₁, 1000)², σ = √((1 - ᾱ)/ᾱ), log-linear σ(t)."""
+    """ModelSamplingDiscrete: betas = linspace(√β₀, √β₁, 1000)², σ = √((1 - ᾱ)/ᾱ), σ(t) log-linear."""
 
     def __init__(self, config: dict) -> None:
         betas = np.linspace(config["beta_start"] ** 0.5, config["beta_end"] ** 0.5, 1000, dtype=np.float64) ** 2

@@ -521,3 +521,28 @@ def test_inpainting_noise_mask_semantics(tmp_path, sampler):
     assert float(ms.timestep(sigmas[0])) == calls.timesteps[0]
     torch.testing.assert_close(out[..., 4:, :], src[..., 4:, :], rtol=1e-5, atol=1e-5)
     assert (out[..., :4, :] - src[..., :4, :]).abs().max() > 1e-2
+
+
+def test_latent_from_batch_keeps_each_images_noise(tmp_path):
+    """An image taken out of a batch (LatentFromBatch) starts from the noise it had in the batch, so a
+    deterministic sampler gives it the batch's picture; batch_index survives RepeatLatentBatch
+    (ComfyUI's offsets).  (Ancestral step noise is drawn for the batch as a whole, as in ComfyUI.)"""
+    from nodes.latent import EmptyLatentImage, LatentFromBatch, RepeatLatentBatch
+
+    tiny = fx.sd15()
+    pos, neg = fx.sd_conds(tiny)
+    ctx = fx.make_ctx(tmp_path)
+    batch = EmptyLatentImage().execute(ctx, width=64, height=64, batch_size=3)[0]
+    picked = LatentFromBatch().execute(ctx, samples=batch, batch_index=2, length=1)[0]
+    assert picked["batch_index"] == [2] and picked["samples"].shape[0] == 1
+    alone = _ks(ctx, tiny.model, pos, neg, latent=picked, sampler_name="euler")
+    in_batch = _ks(ctx, tiny.model, pos, neg, latent=batch)[2]
+    assert torch.allclose(alone[0], in_batch, rtol=1e-4, atol=1e-3)  # (batch-size dependent kernels: 1e-6)
+    plain = _ks(ctx, tiny.model, pos, neg, latent={"samples": picked["samples"]}, sampler_name="euler")
+    assert (plain - alone).abs().max() > 1e-2  # without the batch_index it would be row 0's noise
+    two = LatentFromBatch().execute(ctx, samples=batch, batch_index=1, length=5)[0]
+    assert two["batch_index"] == [1, 2] and two["samples"].shape[0] == 2
+    repeated = RepeatLatentBatch().execute(ctx, samples=two, amount=3)[0]
+    assert repeated["samples"].shape[0] == 6 and repeated["batch_index"] == [1, 2, 3, 4, 5, 6]
+    masked = {**batch, "noise_mask": torch.ones(3, 1, 64, 64)}
+    assert LatentFromBatch().execute(ctx, samples=masked, batch_index=1, length=1)[0]["noise_mask"].shape[0] == 1

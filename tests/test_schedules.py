@@ -253,3 +253,19 @@ def test_every_scheduler_is_accepted_with_every_implemented_sampler():
 def test_v_prediction_model_uses_the_same_table():
     model = replace(fx.sd15().model, prediction_type="v_prediction")
     assert torch.equal(model_sampling_for(model).sigmas, model_sampling_for(fx.sd15().model).sigmas)
+
+
+@pytest.mark.parametrize("kind", ["sd15", "flux-dev", "flux-schnell"])
+def test_timestep_range_percent_is_comfyuis_percent_to_sigma_inverted(kind):
+    """Conditioning start/end percents cut where ComfyUI's percent_to_sigma puts them: a step at σ is in
+    a [start, end] window iff σ(start) ≥ σ ≥ σ(end)."""
+    model, ref, _ = _kinds()[kind]
+    ms = model_sampling_for(model)
+    for p in np.linspace(0.01, 0.99, 25):
+        sigma = ms.percent_to_sigma(float(p))
+        if kind == "sd15":  # ComfyUI: σ at timestep (1 - p)·999, log-linear between table entries
+            assert sigma == pytest.approx(ref.sigma((1 - p) * 999), rel=SD_RTOL)
+        else:
+            assert sigma == pytest.approx(ref.sigma(1 - p), rel=FLOW_RTOL)
+        assert ms.sigma_to_percent(sigma) == pytest.approx(p, abs=1e-5)
+    assert ms.sigma_to_percent(float(ms.sigma_max)) == 0.0 and ms.sigma_to_percent(0.0) == 1.0

@@ -10,4 +10,11 @@ PACKS = (
     "nodes.upscale",
     "nodes.controlnet",
     "nodes.preprocessors",
+    "nodes.quantize.nodes",
+    "nodes.model_save",
+    "nodes.text.strings",
+    "nodes.text.display",
+    "nodes.language.nodes",
+    "nodes.vision_language.nodes",
+    "nodes.vision_language.compat",
 )

@@ -546,3 +546,20 @@ def test_latent_from_batch_keeps_each_images_noise(tmp_path):
     assert repeated["samples"].shape[0] == 6 and repeated["batch_index"] == [1, 2, 3, 4, 5, 6]
     masked = {**batch, "noise_mask": torch.ones(3, 1, 64, 64)}
     assert LatentFromBatch().execute(ctx, samples=masked, batch_index=1, length=1)[0]["noise_mask"].shape[0] == 1
+
+
+def test_flux_two_stage_advanced_hands_on_leftover_noise(tmp_path):
+    """FLUX: a stage handing on leftover noise returns x/(1 - σ) (ComfyUI's inverse noise scaling), and
+    the next stage without new noise scales it back by (1 - σ): the two stages equal one run."""
+    tiny = fx.flux(True)
+    cond = fx.flux_conds(tiny)
+    kw = dict(noise_seed=6, steps=5, cfg=1.0, sampler_name="euler", scheduler="simple", positive=cond, negative=cond)
+    adv = KSamplerAdvanced()
+    whole = adv.execute(fx.make_ctx(tmp_path), model=tiny.model, add_noise="enable", latent_image=EMPTY16,
+                        start_at_step=0, end_at_step=10000, return_with_leftover_noise="disable", **kw)[0]
+    first = adv.execute(fx.make_ctx(tmp_path), model=tiny.model, add_noise="enable", latent_image=EMPTY16,
+                        start_at_step=0, end_at_step=2, return_with_leftover_noise="enable", **kw)[0]
+    second = adv.execute(fx.make_ctx(tmp_path), model=tiny.model, add_noise="disable", latent_image=first,
+                         start_at_step=2, end_at_step=10000, return_with_leftover_noise="disable", **kw)[0]
+    assert torch.allclose(second["samples"], whole["samples"], rtol=1e-4, atol=1e-4)
+    assert (first["samples"] - whole["samples"]).abs().max() > 0.1

@@ -255,14 +255,16 @@ class Runtime:
                 pending_free, self._pending_free = self._pending_free, {}
         meta = {nid: {"node_id": nid, "display_node": nid, "parent_node": None, "real_node_id": nid}
                 for nid in report.outputs}
-        timings = {nid: {"class_type": r.class_type, "seconds": round(r.seconds, 6),
-                         "peak_rss_bytes": r.peak_rss_bytes, **r.info} for nid, r in report.node_runs.items()}
+        timings = {nid: {"class_type": r.class_type, "seconds": round(r.seconds, 6), **r.memory, **r.info}
+                   for nid, r in report.node_runs.items()}
         for nid, info in timings.items():
             meta.setdefault(nid, {"node_id": nid, "display_node": nid, "parent_node": None, "real_node_id": nid})
             meta[nid]["execution"] = info
         self.store.finish(job.prompt_id, _STATUS_BY_REPORT[report.status], outputs=report.outputs,
                           messages=report.messages, meta=meta, error=report.error)
         self.last_report = report
+        # freed activations go back to the OS now instead of slowing every allocation (MALLOC_MMAP_THRESHOLD_)
+        self.models.memory.trim_host()
         self._emit_status()
         self._emit(Executing(job.prompt_id, None), client_id)
         if pending_free:

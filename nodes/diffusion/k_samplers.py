@@ -23,7 +23,6 @@ step with, so the round trip through the denoised estimate adds no rounding.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable
 

@@ -6,12 +6,17 @@ and hands each report to :meth:`Runtime.record`, which writes history; every eve
 registered listeners together with the client id of the prompt it belongs to.
 
 Where prompts run is the runner's business, behind one small interface: :class:`LocalWorker`
-(one worker thread in this process, through this runtime's
-:class:`~graph_runtime.executor.Executor`) or :class:`graph_runtime.cluster.pool.RayPool`
-(Ray workers, one per GPU, with model affinity; ``server.py serve --ray``).
+(this process, through this runtime's :class:`~graph_runtime.executor.Executor`) or
+:class:`graph_runtime.cluster.pool.RayPool` (Ray workers, one per GPU, with model affinity;
+``server.py serve --ray``).
+
+In this process, prompts that wait on a network-bound node (a video provider) *park* and let the
+worker claim the next prompt; see :mod:`graph_runtime.lanes` for the design.  Each claimed prompt
+runs on its own thread; the GPU gate lets one of them run non-network nodes at a time.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -26,6 +31,8 @@ from graph_runtime.context import RuntimeOptions
 from graph_runtime.events import Event, Executing, QueueStatus
 from graph_runtime.executor import ExecutionReport, Executor, InterruptToken
 from graph_runtime.jobs import DuplicateJobError, Job, JobStatus, JobStore
+from graph_runtime.jobs.remote import RemoteJobStore
+from graph_runtime.lanes import Lanes
 from graph_runtime.model_manager import manager_for
 from graph_runtime.node_info import node_info, object_info
 from graph_runtime.paths import FolderPaths
@@ -105,8 +112,10 @@ class Runtime:
         self.registry = registry if registry is not None else build_registry(custom_dirs=paths.custom_nodes_dirs)
         self.validator = PromptValidator(self.registry, paths, self.options)
         self.store = JobStore(db_path or paths.user_dir / "jobs.sqlite3")
+        self.remote_jobs = RemoteJobStore(self.store.db_path)  # same file, own table and connection
+        self.lanes = Lanes(self.remote_jobs, network_concurrency=self.options.network_concurrency)
         self.models = manager_for(self.options)
-        self.executor = Executor(self.registry, paths, models=self.models, options=self.options)
+        self.executor = Executor(self.registry, paths, models=self.models, options=self.options, lanes=self.lanes)
         self._listeners: list[Listener] = []
         self.last_report: ExecutionReport | None = None
         self.runner: PromptRunner = runner(self) if runner is not None else LocalWorker(self)
@@ -237,11 +246,16 @@ class Runtime:
         report = self.store.recover_after_restart()
         if report.requeued or report.failed:
             log.warning("after restart: requeued %s, failed %s", report.requeued, report.failed)
+        live = [job.prompt_id for job in self.store.pending()]  # requeued prompts keep their remote jobs
+        dropped = self.remote_jobs.prune(live)
+        if dropped:
+            log.info("dropped %d remote job records of prompts that are gone", dropped)
         self.runner.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         self.runner.stop(timeout)
         self.executor.close()
+        self.remote_jobs.close()
         self.store.close()
 
     def record(self, job: Job, report: ExecutionReport, *, notes: dict[str, Any] | None = None) -> None:
@@ -273,58 +287,77 @@ class Runtime:
 
 
 class LocalWorker:
-    """Prompts run in this process: one worker thread claims the head of the queue and runs it
-    through the runtime's executor, one prompt at a time.
+    """Prompts run in this process, through the runtime's executor and its lanes.
+
+    The worker thread claims a prompt whenever the GPU gate is free and runs it on a thread of its
+    own; a prompt that only waits on the network lane parks (gives the gate back), so the next one
+    can be claimed (:mod:`graph_runtime.lanes`).
 
     ``claims=False``: the worker never claims by itself; another runner hands it claimed jobs
-    (:meth:`run_job`) — the Ray pool does so for network-bound prompts.
+    (:meth:`run_claimed`) — the Ray pool does so for network-bound prompts.
     """
 
     def __init__(self, runtime: Runtime, *, claims: bool = True) -> None:
         self.runtime = runtime
         self.claims = claims
-        self._thread: threading.Thread | None = None
+        self._worker: threading.Thread | None = None
         self._stopping = threading.Event()
         self._running_lock = threading.Lock()
-        self._running: tuple[str, InterruptToken] | None = None
+        self._running: dict[str, InterruptToken] = {}  # claimed prompts: the one on the GPU and the parked ones
+        self._threads: dict[str, threading.Thread] = {}
         self._pending_free: dict[str, bool] = {}
         self.identity = {"name": "server", "host": socket.gethostname(), "pid": os.getpid()}
         """Where its prompts run, for history (``worker``)."""
 
+    @property
+    def gate(self):
+        return self.runtime.lanes.gate
+
     def start(self) -> None:
         self._stopping.clear()
         if self.claims:
-            self._thread = threading.Thread(target=self._work, name="genesis-worker", daemon=True)
-            self._thread.start()
+            self._worker = threading.Thread(target=self._work, name="genesis-worker", daemon=True)
+            self._worker.start()
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Stop claiming, interrupt the prompt on the GPU, and detach the parked ones: their remote
+        jobs keep running at the provider and resume at the next start (they stay "running")."""
         self._stopping.set()
         with self._running_lock:
-            if self._running is not None:
-                self._running[1].set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+            holder = self.gate.holder
+            if holder in self._running:
+                self._running[holder].set()
+        if self._worker is not None:
+            self._worker.join(timeout)
+        self.runtime.lanes.close()
+        for thread in list(self._threads.values()):
+            thread.join(timeout)
 
     def wake(self) -> None:
         """Nothing to do: the store wakes :meth:`JobStore.claim_next` on enqueue."""
 
     def interrupt(self, prompt_id: str | None = None) -> bool:
+        """Interrupt a running prompt: ``prompt_id``, or (when None) the one running nodes on the GPU
+        now, else the oldest one parked on the network lane."""
         with self._running_lock:
-            if self._running is None:
-                return False
-            running_id, token = self._running
-            if prompt_id is not None and prompt_id != running_id:
+            if prompt_id is None:
+                prompt_id = self.gate.holder or next(iter(self._running), None)
+            token = self._running.get(prompt_id) if prompt_id is not None else None
+            if token is None:
                 return False
             token.set()
             return True
 
     def running_prompt_ids(self) -> list[str]:
+        """The prompt on the GPU first, then the parked ones in the order they were claimed."""
         with self._running_lock:
-            return [self._running[0]] if self._running else []
+            holder = self.gate.holder
+            first = [holder] if holder in self._running else []
+            return first + [pid for pid in self._running if pid != holder]
 
     def free(self, *, unload_models: bool = False, free_memory: bool = False) -> None:
         with self._running_lock:
-            if self._running is not None:
+            if self._running:
                 self._pending_free = {"unload_models": unload_models or self._pending_free.get("unload_models", False),
                                       "free_memory": free_memory or self._pending_free.get("free_memory", False)}
                 return
@@ -333,40 +366,76 @@ class LocalWorker:
     def stats(self) -> dict[str, Any]:
         return {}
 
+    def has_room(self) -> bool:
+        """Whether a newly claimed prompt would start now (nobody holds or waits for the GPU gate)."""
+        return self.gate.wait_free(0)
+
+    def run_claimed(self, job: Job) -> bool:
+        """Take the GPU gate for a claimed job and run it on a thread of its own (False: stopping)."""
+        # Hand the gate to the new prompt before anything else can be claimed.
+        if not self.gate.acquire(job.prompt_id, interrupted=self._stopping.is_set):
+            return False  # stopping: the job stays running and is recovered at the next start
+        thread = threading.Thread(target=self._run_claimed, args=(job,), daemon=True,
+                                  name=f"genesis-prompt-{job.prompt_id[:8]}")
+        with self._running_lock:
+            self._threads[job.prompt_id] = thread
+        thread.start()
+        return True
+
     def _work(self) -> None:
+        """Claim a prompt whenever the GPU gate is free and run it on a thread of its own."""
         store = self.runtime.store
         while not self._stopping.is_set():
+            if not self.gate.wait_free(0.25):
+                continue
             job = store.claim_next(timeout=0.25)
             if job is None:
                 continue
-            try:
-                self.run_job(job)
-            except Exception:  # the worker must survive anything
-                log.exception("worker failed on %s", job.prompt_id)
+            if not self.run_claimed(job):
+                break
 
-    def run_job(self, job: Job) -> ExecutionReport:
-        """Execute a claimed job, store its history and announce the end."""
+    def _run_claimed(self, job: Job) -> None:
+        try:
+            self.run_job(job)
+        except Exception:  # a prompt thread must not die silently
+            log.exception("worker failed on %s", job.prompt_id)
+        finally:
+            self.gate.release(job.prompt_id)
+            self.runtime.executor.close()  # this thread's event loop
+            with self._running_lock:
+                self._threads.pop(job.prompt_id, None)
+
+    def run_job(self, job: Job) -> ExecutionReport | None:
+        """Execute a claimed job, store its history and announce the end (None: detached at shutdown)."""
         runtime = self.runtime
         token = InterruptToken()
         with self._running_lock:
-            self._running = (job.prompt_id, token)
+            self._running[job.prompt_id] = token
         client_id = job.client_id
         runtime.emit_status()
         try:
             report = runtime.executor.execute(job.prompt_id, job.prompt, job.outputs_to_execute,
                                               extra_data=job.extra_data, interrupt=token,
                                               sink=lambda event: runtime.emit(event, client_id))
+        except asyncio.CancelledError:  # the network lane stopped under a parked prompt: detach it
+            log.info("prompt %s left running; its remote jobs resume at the next start", job.prompt_id)
+            with self._running_lock:
+                self._running.pop(job.prompt_id, None)
+            return None
         except Exception as exc:  # executor bugs still end the job cleanly
             log.exception("executor crashed on %s", job.prompt_id)
             report = ExecutionReport(job.prompt_id, "error", error={"exception_message": str(exc),
                                                                       "exception_type": type(exc).__name__})
         finally:
             with self._running_lock:
-                self._running = None
-                pending_free, self._pending_free = self._pending_free, {}
+                self._running.pop(job.prompt_id, None)
+                pending_free = {} if self._running else self._pending_free
+                if not self._running:
+                    self._pending_free = {}
         # freed activations go back to the OS now instead of slowing every allocation (MALLOC_MMAP_THRESHOLD_)
         runtime.models.memory.trim_host()
         runtime.record(job, report, notes={"worker": self.identity})
         if pending_free:
             runtime.free_now(pending_free.get("unload_models", False), pending_free.get("free_memory", False))
+        runtime.lanes.forget(job.prompt_id)  # the next prompt may start once this one is fully announced
         return report

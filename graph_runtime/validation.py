@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import inspect
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable
 
+from graph_runtime.context import NodeError
 from graph_runtime.node_info import input_entry
 from graph_runtime.paths import FolderPaths
 from graph_runtime.registry import NodeRegistry
-from graph_runtime.schema import InputSpec, NodeDefinition
+from graph_runtime.schema import AUTOGROW, DYNAMIC_COMBO, InputSpec, NodeDefinition
 
 
 @dataclass
@@ -238,7 +239,7 @@ class PromptValidator:
         custom_params = _custom_params(custom)
         literals: dict[str, Any] = {}
         received_types: dict[str, str] = {}
-        for spec in definition.inputs:
+        for spec in _active_specs(definition, inputs):
             cfg = input_entry(spec, None) if spec.type != "COMBO" else None
             if spec.name not in inputs:
                 if not spec.optional:
@@ -340,17 +341,38 @@ class PromptValidator:
             kwargs["paths"] = self.paths
         if params is not None and "options" in params:
             kwargs["options"] = self.options
+        name: str | None = None
         try:
             result = custom(**kwargs)
+        except NodeError as exc:  # a node's own error names the input at fault (or none: a setting)
+            result, name = str(exc), exc.input_name or ""
         except Exception as exc:  # a node's own validation must not crash the server
             result = f"{type(exc).__name__}: {exc}"
         if result is True:
             return []
         message = result if isinstance(result, str) else "invalid inputs"
-        names = [k for k in kwargs if k not in ("input_types", "paths", "options")] or [""]
-        name = names[0]
+        if name is None:
+            names = [k for k in kwargs if k not in ("input_types", "paths", "options")] or [""]
+            name = names[0]
         return [PromptError("custom_validation_failed", "Custom validation failed for node",
                             f"{name} - {message}" if name else message, {"input_name": name})]
+
+
+def _active_specs(definition: NodeDefinition, inputs: dict[str, Any]) -> list[InputSpec]:
+    """The inputs to check for this prompt node: dynamic combos as combos of their keys followed by the
+    chosen option's inputs (``NAME.CHILD``), autogrow inputs as their slots."""
+    specs: list[InputSpec] = []
+    for spec in definition.inputs:
+        if spec.type == DYNAMIC_COMBO:
+            specs.append(replace(spec, type="COMBO", dynamic=None))
+            chosen = inputs.get(spec.name, spec.default)
+            if spec.name in inputs or not spec.optional:
+                specs.extend(spec.children(chosen if isinstance(chosen, str) else None))
+        elif spec.type == AUTOGROW:
+            specs.extend(spec.children())
+        else:
+            specs.append(spec)
+    return specs
 
 
 def _custom_params(fn: Any) -> set[str] | None:

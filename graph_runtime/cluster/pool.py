@@ -16,7 +16,8 @@ Threads (all in the server process):
   the runtime's listeners (the WebSocket hub), and records the outcome in history with the
   worker's name, host and pid and the models it had to load;
 * **the local lane**: prompts that only wait on the network (video providers) run in the server
-  process (the runtime's in-process worker) and never take a GPU worker.
+  process (the runtime's in-process worker, with its network lane: such prompts park while they
+  wait on a provider, so many can wait at once) and never take a GPU worker.
 
 Faults:
 
@@ -291,7 +292,7 @@ class RayPool:
             current = {pid for pid, _ in order}
             self._seen = {pid: s for pid, s in self._seen.items() if pid in current}
         claimed = 0
-        if local and not self._local_busy:
+        if local and not self._local_busy and self.local.has_room():
             job = self.runtime.store.claim(local[0])
             self._seen.pop(local[0], None)
             if job is not None:
@@ -496,12 +497,16 @@ class RayPool:
 
     # -- the local lane --------------------------------------------------------------------------------
     def _local_loop(self) -> None:
+        """Hand claimed network-bound prompts to the in-process worker, one at a time: the next one
+        once the previous one parked on the network lane or finished (the GPU gate is free)."""
         while True:
             job = self._local_inbox.get()
             if job is None:
                 return
             try:
-                self.local.run_job(job)
+                if self.local.run_claimed(job):
+                    while not self._stopping.is_set() and not self.local.gate.wait_free(0.25):
+                        pass
             except Exception:
                 log.exception("local lane failed on %s", job.prompt_id)
             finally:

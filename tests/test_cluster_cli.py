@@ -66,3 +66,24 @@ def test_the_kuberay_manifest_runs_a_server_command_we_accept():
     readme = (REPO / "deploy" / "README.md").read_text()
     for needed in ("ray start --head", "RAY_AUTH_TOKEN", "6379", "--ray auto", "--ray-workers"):
         assert needed in readme
+
+
+def test_the_reaper_ends_listed_processes_when_its_pipe_closes():
+    import psutil
+
+    victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        reaper = subprocess.Popen([sys.executable, "-m", "graph_runtime.cluster.reaper"], cwd=REPO,
+                                  stdin=subprocess.PIPE, text=True)
+        created = psutil.Process(victim.pid).create_time()
+        # the bystander is listed with another start time: a reused process id is never touched
+        reaper.stdin.write(f"{victim.pid} {created}\n{bystander.pid} {created - 100}\nnot a line\n")
+        reaper.stdin.close()  # as when the server dies
+        assert reaper.wait(30) == 0
+        assert victim.wait(10) is not None
+        assert bystander.poll() is None
+    finally:
+        for process in (victim, bystander):
+            process.kill()
+            process.wait()

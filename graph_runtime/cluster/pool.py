@@ -366,6 +366,7 @@ class RayPool:
             slot.state.busy = False
             slot.state.released_at = time.monotonic()
         log.info("worker %s started on %s (pid %d)", slot.name, identity.host, identity.pid)
+        self.session.track()
         self.wake()
         return True
 

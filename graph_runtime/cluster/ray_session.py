@@ -5,7 +5,8 @@ Modes (``server.py serve --ray MODE``):
 * ``auto`` — join the cluster this machine belongs to (``ray start --head`` / ``ray start
   --address=…`` ran here, or ``RAY_ADDRESS`` names one); an error if there is none.
 * ``local`` — start a private cluster inside this process's session (GCS, raylet and the worker
-  processes are children of the server: they stop with it, also after a ``kill -9``).
+  processes are children of the server: they stop with it, also after a ``kill -9``, with the
+  help of :mod:`~graph_runtime.cluster.reaper` for the agents Ray would leave behind).
 * ``attached`` — Ray is already initialised in this process (tests, notebooks): use it as is
   and leave it running on stop.
 * any other value is a cluster address (``ray://host:10001`` or ``host:6379``).
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,7 @@ class RaySession:
         self.init_kwargs = dict(init_kwargs or {})
         self.ray: Any = None
         self._owned = False
+        self._reaper: Any = None
 
     def start(self) -> Any:
         """Initialise Ray (per the mode) and return the ``ray`` module (once; later calls return it)."""
@@ -77,6 +80,8 @@ class RaySession:
             raise RayUnavailable(f"no Ray cluster to join at {address!r} ({exc}); start one with "
                                  "`ray start --head` (see deploy/README.md) or use --ray local") from exc
         self.ray, self._owned = ray, True
+        if self.mode == "local":
+            self._start_reaper()
         resources = ray.cluster_resources()
         log.info("Ray %s: %s cluster, %d node(s), %g CPU, %g GPU", ray.__version__,
                  "a local" if self.mode == "local" else f"joined the {address}",
@@ -90,8 +95,42 @@ class RaySession:
     def stop(self) -> None:
         """Disconnect; a cluster this process started (``local``) stops with it."""
         if self.ray is not None and self._owned and self.ray.is_initialized():
+            self.track()
             self.ray.shutdown()
         self.ray = None
+        if self._reaper is not None:
+            self._reaper.stdin.close()  # the reaper ends what shutdown left running, then exits
+            self._reaper = None
+
+    def track(self) -> None:
+        """Tell the reaper which processes belong to the local cluster now (workers come and go)."""
+        reaper = self._reaper
+        if reaper is None:
+            return
+        import psutil
+
+        lines = []
+        for child in psutil.Process().children(recursive=True):
+            if child.pid == reaper.pid:
+                continue
+            try:
+                lines.append(f"{child.pid} {child.create_time()}\n")
+            except psutil.Error:
+                continue
+        try:
+            reaper.stdin.write("".join(lines))
+            reaper.stdin.flush()
+        except (OSError, ValueError):  # the reaper is gone: nothing more to tell it
+            log.debug("the local cluster's reaper is gone", exc_info=True)
+
+    def _start_reaper(self) -> None:
+        import subprocess
+        import sys
+
+        self._reaper = subprocess.Popen([sys.executable, "-m", "graph_runtime.cluster.reaper"],
+                                        stdin=subprocess.PIPE, text=True, start_new_session=True,
+                                        cwd=str(Path(__file__).resolve().parents[2]))
+        self.track()
 
 
 def worker_env() -> dict[str, str]:
@@ -99,8 +138,6 @@ def worker_env() -> dict[str, str]:
 
     Workers on other machines need the same checkout at the same path (deploy/README.md).
     """
-    from pathlib import Path
-
     repo = str(Path(__file__).resolve().parents[2])
     path = os.environ.get("PYTHONPATH", "")
     env = {"PYTHONPATH": repo + (os.pathsep + path if path else "")}

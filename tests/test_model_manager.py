@@ -284,3 +284,35 @@ def test_a_prompt_record_lists_the_loaded_files_with_dtype_device_and_sha256(tin
     assert [r["label"] for r in rows] == ["tiny-sd15.safetensors (text encoders)"]
     assert rows[0]["sha256"] == {str(ckpt): sha256_of_file(ckpt)}
     assert (rows[0]["device"], rows[0]["dtype"]) == ("cpu", "float32")
+
+
+class StreamingOps(BlobOps):
+    def __init__(self) -> None:
+        self.streamed: list[str] = []
+
+    def stream(self, value: Blob, device: str) -> bool:
+        self.streamed.append(value.name)
+        return True
+
+
+def test_lowvram_streams_a_model_that_does_not_fit_and_novram_streams_all():
+    for mode, expect in ((VramMode.LOW, ["big"]), (VramMode.NO, ["small", "big"])):
+        mm = gpu_manager(100, mode=mode)
+        ops = StreamingOps()
+        small = mm.handle(("small",), lambda: Blob("small", 30), ops=ops, device="cuda:0", label="small")
+        big = mm.handle(("big",), lambda: Blob("big", 300), ops=ops, device="cuda:0", label="big")
+        small.get()
+        with mm.node_scope("1"):
+            big.get()
+        assert ops.streamed == expect, mode
+        assert big.device == CPU  # its weights live in RAM
+    mm = gpu_manager(100, mode=VramMode.NORMAL)
+    big = mm.handle(("big",), lambda: Blob("big", 300), ops=StreamingOps(), device="cuda:0", label="big")
+    with pytest.raises(ModelMemoryError):
+        big.get()
+
+
+def test_loaders_may_build_on_the_cpu_and_the_manager_places_the_model():
+    mm = gpu_manager(100)
+    h = mm.handle(("m",), lambda: Blob("m", 30, CPU), ops=BlobOps(), device="cuda:0", label="m")
+    assert h.get().device == "cuda:0" and h.device == "cuda:0"

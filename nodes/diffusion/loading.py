@@ -209,7 +209,7 @@ def denoiser_handle(models: ModelManager, path: Path, place: Placement, kind: st
     estimate = _estimate(shapes, prefixes, dtype)
     if weight_dtype in FP8_STORAGE:
         estimate //= max(torch.empty((), dtype=dtype).element_size(), 1)
-    key = _base_key(kind, path, place) + (("model",) if kind == "checkpoint" else (weight_dtype,))
+    key = _base_key(kind, path, place) + (("model",) if kind == "checkpoint" else ()) + (weight_dtype,)
     if quantization != "none":
         key += (quantization,)
     name = families.FAMILY_NAMES.get(detected.family, str(detected.family))
@@ -434,7 +434,7 @@ class Bundle:
 
 
 def load_checkpoint(models: ModelManager, path: Path, place: Placement, t5_dirs: Sequence[Path],
-                    quantization: str = "none") -> Bundle:
+                    quantization: str = "none", weight_dtype: str = "default") -> Bundle:
     """CheckpointLoaderSimple: an all-in-one file (SD1.5 / SDXL LDM layout, ComfyUI's FLUX layout).
 
     The denoiser, the text encoders and the VAE are three handles, each reading only its own
@@ -446,8 +446,10 @@ def load_checkpoint(models: ModelManager, path: Path, place: Placement, t5_dirs:
     if detected.family is None:
         raise _unsupported(path, detected)
     family = detected.family
-    handle, _, _ = denoiser_handle(models, path, place, "checkpoint", detected=detected, shapes=shapes,
+    handle, _, _ = denoiser_handle(models, path, place, "checkpoint", weight_dtype, detected=detected, shapes=shapes,
                                    quantization=quantization)
+    if weight_dtype in FP8_STORAGE:
+        quantization = weight_dtype.replace("_fast", "")
     model = make_model(family, handle, str(path), _prediction_type(shapes), quantization=quantization)
     clip = None
     if detected.encoders:

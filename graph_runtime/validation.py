@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import inspect
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable
 
 from graph_runtime.node_info import input_entry
 from graph_runtime.paths import FolderPaths
 from graph_runtime.registry import NodeRegistry
-from graph_runtime.schema import InputSpec, NodeDefinition
+from graph_runtime.schema import AUTOGROW, DYNAMIC_COMBO, InputSpec, NodeDefinition
 
 
 @dataclass
@@ -238,7 +238,7 @@ class PromptValidator:
         custom_params = _custom_params(custom)
         literals: dict[str, Any] = {}
         received_types: dict[str, str] = {}
-        for spec in definition.inputs:
+        for spec in _active_specs(definition, inputs):
             cfg = input_entry(spec, None) if spec.type != "COMBO" else None
             if spec.name not in inputs:
                 if not spec.optional:
@@ -351,6 +351,23 @@ class PromptValidator:
         name = names[0]
         return [PromptError("custom_validation_failed", "Custom validation failed for node",
                             f"{name} - {message}" if name else message, {"input_name": name})]
+
+
+def _active_specs(definition: NodeDefinition, inputs: dict[str, Any]) -> list[InputSpec]:
+    """The inputs to check for this prompt node: dynamic combos as combos of their keys followed by the
+    chosen option's inputs (``NAME.CHILD``), autogrow inputs as their slots."""
+    specs: list[InputSpec] = []
+    for spec in definition.inputs:
+        if spec.type == DYNAMIC_COMBO:
+            specs.append(replace(spec, type="COMBO", dynamic=None))
+            chosen = inputs.get(spec.name, spec.default)
+            if spec.name in inputs or not spec.optional:
+                specs.extend(spec.children(chosen if isinstance(chosen, str) else None))
+        elif spec.type == AUTOGROW:
+            specs.extend(spec.children())
+        else:
+            specs.append(spec)
+    return specs
 
 
 def _custom_params(fn: Any) -> set[str] | None:

@@ -409,6 +409,7 @@ class LocalWorker:
         """Execute a claimed job, store its history and announce the end (None: detached at shutdown)."""
         runtime = self.runtime
         token = InterruptToken()
+        self.models.begin_prompt()  # models.prompt_models() then lists what this prompt used (files, SHA-256)
         with self._running_lock:
             self._running[job.prompt_id] = token
         client_id = job.client_id

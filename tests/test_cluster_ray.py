@@ -30,8 +30,9 @@ from tests.conftest_models import link_models  # noqa: E402
 from tests.web_harness import LiveServer, WsClient, make_runtime  # noqa: E402
 
 CKPT_A, CKPT_B = "tiny-sd15.safetensors", "tiny-sd15-b.safetensors"
-SETTINGS = PoolSettings(workers=2, registry_factory=REGISTRY_FACTORY, heartbeat_s=0.2, hang_timeout=4.0,
-                        interrupt_grace=4.0, affinity_wait=60.0, start_timeout=120.0)
+# hang_timeout: long enough that a starved machine (2 shared cores) never passes for a frozen worker
+SETTINGS = PoolSettings(workers=2, registry_factory=REGISTRY_FACTORY, heartbeat_s=0.2, hang_timeout=10.0,
+                        interrupt_grace=5.0, affinity_wait=60.0, start_timeout=120.0)
 
 
 @pytest.fixture(scope="module")

@@ -397,19 +397,33 @@ class LocalWorker:
     def _run_claimed(self, job: Job) -> None:
         try:
             self.run_job(job)
-        except Exception:  # a prompt thread must not die silently
+        except Exception as exc:  # a prompt thread must not die silently, nor leave its job running forever
             log.exception("worker failed on %s", job.prompt_id)
+            self._end_crashed(job, exc)
         finally:
             self.gate.release(job.prompt_id)
             self.runtime.executor.close()  # this thread's event loop
             with self._running_lock:
                 self._threads.pop(job.prompt_id, None)
 
+    def _end_crashed(self, job: Job, exc: Exception) -> None:
+        """Record ``job`` as failed when the worker's own code raised outside the executor (once only:
+        a job already finished stays as it was)."""
+        current = self.runtime.store.get(job.prompt_id)
+        if current is None or current.status is not JobStatus.RUNNING:
+            return
+        report = ExecutionReport(job.prompt_id, "error", error={"exception_message": str(exc),
+                                                                  "exception_type": type(exc).__name__})
+        try:
+            self.runtime.record(job, report, notes={"worker": self.identity})
+        except Exception:  # the store is closing: the job is recovered at the next start
+            log.exception("could not record the failure of %s", job.prompt_id)
+
     def run_job(self, job: Job) -> ExecutionReport | None:
         """Execute a claimed job, store its history and announce the end (None: detached at shutdown)."""
         runtime = self.runtime
         token = InterruptToken()
-        self.models.begin_prompt()  # models.prompt_models() then lists what this prompt used (files, SHA-256)
+        runtime.models.begin_prompt()  # models.prompt_models() then lists what this prompt used (files, SHA-256)
         with self._running_lock:
             self._running[job.prompt_id] = token
         client_id = job.client_id

@@ -29,12 +29,36 @@ def _model_and_conds(kind: str):
     return model, pos, neg, 4
 
 
-def comfy_model_calls(sampler: str, steps: int) -> int:
-    """Denoiser evaluations ComfyUI makes for a full schedule of ``steps`` steps (one per step, two for
-    the second-order samplers except on their last step, which goes straight to σ = 0)."""
-    if sampler in ("heun", "dpm_2", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_sde_gpu"):
+TWO_CALLS_PER_STEP = ("heun", "dpm_2", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_2s_ancestral_cfg_pp",
+                      "dpmpp_sde", "dpmpp_sde_gpu", "seeds_2", "sa_solver_pece")
+
+
+def comfy_model_calls(sampler: str, steps: int) -> int | None:
+    """Denoiser evaluations ComfyUI makes for a full schedule of ``steps`` steps (ending at σ = 0).
+
+    One per step, except: two for the second-order single-step samplers (one on the last step, which
+    goes straight to σ = 0; sa_solver_pece: a re-evaluation after each correction, from the second step
+    on), three for seeds_3 (one on the last step) and for heunpp2 (two on the step before the last, one on
+    the last).  dpm_fast spends exactly ``steps`` calls on its own steps; dpm_adaptive's step controller
+    decides (None here), three calls per attempt.
+    """
+    if sampler in TWO_CALLS_PER_STEP:
         return 2 * steps - 1
+    if sampler == "seeds_3":
+        return 3 * steps - 2
+    if sampler == "heunpp2":
+        return 3 * steps - 3 if steps > 1 else 1
+    if sampler == "dpm_adaptive":
+        return None
     return steps
+
+
+def dpm_fast_progress(steps: int) -> list[int]:
+    """dpm_fast reports once per solver step, with the calls made by its end: orders 3, 3, …, then
+    (2, 1) when steps is a multiple of 3, else steps mod 3 (⌊steps/3⌋ + 1 solver steps)."""
+    m = steps // 3 + 1
+    orders = [3] * (m - 2) + [2, 1] if steps % 3 == 0 else [3] * (m - 1) + [steps % 3]
+    return [sum(orders[:i + 1]) for i in range(len(orders))]
 
 
 class _CountCalls:
@@ -72,8 +96,17 @@ def test_every_sampler_runs_on_every_kind_with_comfyuis_model_calls(tmp_path, sa
     finally:
         counter.close()
     assert out.shape == (1, channels, 8, 8) and torch.isfinite(out).all() and out.abs().max() > 0
-    assert events == [(i + 1, STEPS) for i in range(STEPS)]  # one progress event per step, `steps` steps
-    assert counter.n == comfy_model_calls(sampler, STEPS)  # cfg > 1: uncond and cond in one batched call
+    expected_calls = comfy_model_calls(sampler, STEPS)
+    if sampler == "dpm_adaptive":  # one progress event per attempt, by the share of the σ range covered
+        values = [v for v, _ in events]
+        assert values == sorted(values) and values[-1] == STEPS and {t for _, t in events} == {STEPS}
+        assert counter.n == 3 * len(events)
+    elif sampler == "dpm_fast":
+        assert events == [(v, STEPS) for v in dpm_fast_progress(STEPS)]
+    else:
+        assert events == [(i + 1, STEPS) for i in range(STEPS)]  # one progress event per step, `steps` steps
+    if expected_calls is not None:
+        assert counter.n == expected_calls  # cfg > 1: uncond and cond in one batched call
     assert ctx.info["sampler"] == sampler and ctx.info["scheduler"] == "karras"
 
 

@@ -463,3 +463,13 @@ def test_dpmpp_2s_ancestral_cfg_pp_uses_the_midpoint_uncond_and_adds_the_guidanc
     torch.testing.assert_close(model.calls[2][0].double(), x1, rtol=1e-5, atol=1e-4)
     # last step: to σ = 0 with the unconditional slope, plus the guidance: the guided estimate
     torch.testing.assert_close(out, d[2], rtol=1e-5, atol=1e-5)
+
+
+def test_dpm_adaptive_stops_with_a_clear_error_on_a_non_finite_estimate():
+    sigmas = ksampler_sigmas(SD, "dpm_adaptive", "karras", 4)
+    model = EstimateScript([torch.full(SHAPE, float("nan"))] * 3)
+    with pytest.raises(ValueError, match="not finite"):
+        SAMPLER_FUNCTIONS["dpm_adaptive"](model, initial_noise(SHAPE, 1) * float(sigmas[0]), sigmas.clone(),
+                                          SamplerEnv(SD, seed=1))
+    with pytest.raises(ValueError, match="above 0"):  # no σ above 0 to stop at
+        SAMPLER_FUNCTIONS["dpm_fast"](model, torch.zeros(SHAPE), torch.tensor([0.0, 0.0]), SamplerEnv(SD))

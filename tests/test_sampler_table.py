@@ -20,13 +20,17 @@ from nodes.sampling import (BasicGuider, KSampler, KSamplerAdvanced, KSamplerSel
 from tests import sampling_fixtures as fx
 
 STEPS = 3
-KINDS = ("eps", "v_prediction", "flow")
+KINDS = ("eps", "v_prediction", "flow", "sdxl")  # SD1.5 ε and v, FLUX-dev, SDXL ε
 
 
 def _model_and_conds(kind: str):
     if kind == "flow":
         tiny = fx.flux(True)
         return tiny.model, fx.flux_conds(tiny), None, 16
+    if kind == "sdxl":
+        tiny = fx.sdxl()
+        pos, neg = fx.sd_conds(tiny)
+        return tiny.model, pos, neg, 4
     tiny = fx.sd15()
     model = tiny.model if kind == "eps" else replace(tiny.model, prediction_type="v_prediction")
     pos, neg = fx.sd_conds(tiny)
@@ -273,9 +277,11 @@ def test_cfg_pp_samplers_evaluate_the_negative_even_at_cfg_1(tmp_path):
 
 
 def _one_step(ctx, model, positive, negative, cfg, sampler, sigmas, channels=4, seed=5):
-    return SamplerCustom().execute(ctx, model=model, add_noise=True, noise_seed=seed, cfg=cfg, positive=positive,
-                                   negative=negative, sampler=KSamplerSelect().execute(ctx, sampler_name=sampler)[0],
-                                   sigmas=sigmas, latent_image={"samples": torch.zeros(1, channels, 8, 8)})[0]["samples"]
+    chosen = KSamplerSelect().execute(ctx, sampler_name=sampler)[0]
+    out = SamplerCustom().execute(ctx, model=model, add_noise=True, noise_seed=seed, cfg=cfg, positive=positive,
+                                  negative=negative, sampler=chosen, sigmas=sigmas,
+                                  latent_image={"samples": torch.zeros(1, channels, 8, 8)})[0]
+    return out["samples"]
 
 
 @pytest.mark.parametrize("cfg", [1.0, 3.0])

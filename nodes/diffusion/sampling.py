@@ -15,7 +15,9 @@
    scale``) unless it is all zeros (an empty latent stays zero).
 3. **Denoiser.**  ``model(x, σ)``: the model's input scaling, the timestep nearest σ, classifier-free
    guidance (:mod:`nodes.diffusion.guidance`, uncond and cond rows in one batched call; cfg 1 skips
-   the uncond pass) and the model's output → denoised conversion.
+   the uncond pass) and the model's output → denoised conversion.  The CFG++ samplers call
+   ``model.with_uncond(x, σ)`` instead, which also returns the unconditional estimate (the uncond pass
+   runs even at cfg 1; zeros without negative conditioning, as in ComfyUI).
 4. **Inpainting** (LATENT ``noise_mask``, 1 = repaint, resized bilinearly to the latent): before every
    model call the kept region of ``x`` is replaced by the input latent noised to the current σ with
    the run's initial noise (``ddim``: separate noise from seed + 1), and the denoised estimate's kept

@@ -46,9 +46,9 @@ import torch
 from nodes.diffusion.k_samplers import cfg_pp, ddpm_lcm, dpm_solver, dpmpp, euler, exponential_sde, multistep
 from nodes.diffusion.k_samplers import sa_solver as sa
 from nodes.diffusion.k_samplers import unipc
-from nodes.diffusion.k_samplers.common import SamplerEnv, ancestral_step, to_d
+from nodes.diffusion.k_samplers.common import SamplerEnv
 
-__all__ = ["SAMPLER_FUNCTIONS", "RANDOM_INPAINT_NOISE", "SamplerEnv", "ancestral_step", "to_d"]
+__all__ = ["SAMPLER_FUNCTIONS", "RANDOM_INPAINT_NOISE", "SamplerEnv"]
 
 
 def _with(fn, **options):

@@ -200,6 +200,8 @@ def sample_dpm_adaptive(model, x, sigmas, env: SamplerEnv, order: int = 3, rtol:
             x_high = solver.step_3(x, s, t_target, cache)
         delta = torch.maximum(atol_t, rtol_t * torch.maximum(x_low.abs(), x_prev.abs()))
         error = torch.linalg.norm((x_low - x_high) / delta) / x.numel() ** 0.5
+        if not torch.isfinite(error):  # (ComfyUI would shrink h to NaN and never finish)
+            raise ValueError("dpm_adaptive: the model's estimate is not finite (NaN or inf), so no step size fits")
         if pid.propose_step(error):
             x_prev = x_low
             x = x_high

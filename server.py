@@ -96,6 +96,17 @@ def build_paths(args: argparse.Namespace):
     return paths
 
 
+def default_registry(paths):
+    """The node registry of this server: the built-in packs (``nodes.PACKS``) plus custom nodes.
+
+    This is the one place the runtime meets the node packs: graph_runtime never imports nodes/.
+    """
+    import nodes
+    from graph_runtime.registry import build_registry
+
+    return build_registry(nodes.PACKS, paths.custom_nodes_dirs)
+
+
 def build_options(args: argparse.Namespace):
     from graph_runtime.context import RuntimeOptions
 
@@ -116,13 +127,14 @@ def build_runner(args: argparse.Namespace):
         if getattr(args, "ray_workers", None) is not None:
             raise SystemExit("error: --ray-workers needs --ray auto|local")
         return None
+    import nodes
     from graph_runtime.cluster.pool import PoolSettings, RayPool
     from graph_runtime.cluster.ray_session import RaySession, RayUnavailable
 
     if args.ray_workers is not None and args.ray_workers < 1:
         raise SystemExit("error: --ray-workers must be at least 1")
     settings = PoolSettings(workers=args.ray_workers, affinity_wait=args.ray_affinity_wait,
-                            hang_timeout=args.ray_hang_timeout)
+                            hang_timeout=args.ray_hang_timeout, packs=tuple(nodes.PACKS))
     session = RaySession(mode)
     try:
         session.start()  # before the web app: a cluster that cannot be joined is a clear error, not a traceback
@@ -148,10 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         from graph_runtime.cli import run_workflow_command
 
-        return run_workflow_command(args, build_paths(args), build_options(args))
+        paths = build_paths(args)
+        return run_workflow_command(args, paths, build_options(args), default_registry(paths))
     from web.app import serve
 
-    return serve(args, build_paths(args), build_options(args), runner=build_runner(args))
+    paths = build_paths(args)
+    return serve(args, paths, build_options(args), default_registry(paths), runner=build_runner(args))
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from graph_runtime.lanes import Lanes
 from graph_runtime.model_manager import manager_for
 from graph_runtime.node_info import node_info, object_info
 from graph_runtime.paths import FolderPaths
-from graph_runtime.registry import NodeRegistry, build_registry
+from graph_runtime.registry import NodeRegistry
 from graph_runtime.validation import PromptError, PromptValidator, ValidationResult
 
 log = logging.getLogger(__name__)
@@ -104,12 +104,12 @@ class Runtime:
     """
 
     def __init__(self, paths: FolderPaths, options: RuntimeOptions | None = None, *,
-                 registry: NodeRegistry | None = None, db_path: Path | None = None,
+                 registry: NodeRegistry, db_path: Path | None = None,
                  runner: Callable[["Runtime"], PromptRunner] | None = None) -> None:
         self.paths = paths
         self.options = options or RuntimeOptions()
         paths.ensure_dirs()
-        self.registry = registry if registry is not None else build_registry(custom_dirs=paths.custom_nodes_dirs)
+        self.registry = registry
         self.validator = PromptValidator(self.registry, paths, self.options)
         self.store = JobStore(db_path or paths.user_dir / "jobs.sqlite3")
         self.remote_jobs = RemoteJobStore(self.store.db_path)  # same file, own table and connection

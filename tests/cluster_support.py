@@ -102,7 +102,9 @@ class RemoteRender(Node):
 
 
 def make_registry() -> NodeRegistry:
-    registry = build_registry()
+    import nodes
+
+    registry = build_registry(nodes.PACKS)
     for node in (FileGate, StubbornGate, Chatty, Sleep, RemoteRender):
         registry.register(node, __name__)
     return registry

@@ -204,7 +204,7 @@ def process_start_time() -> float:
         return time.time()
 
 
-def serve(args: Any, paths: Any, options: Any, *, runner: Any = None) -> int:
+def serve(args: Any, paths: Any, options: Any, registry: Any, *, runner: Any = None) -> int:
     """``server.py serve``: run the server until SIGINT/SIGTERM; returns the exit code.
 
     ``runner``: builds the runtime's prompt runner (the Ray pool with ``--ray``), None for the default.
@@ -214,7 +214,7 @@ def serve(args: Any, paths: Any, options: Any, *, runner: Any = None) -> int:
     launched = process_start_time()
     paths.ensure_dirs()
     wipe_temp(paths.temp_dir)
-    runtime = Runtime(paths, options, runner=runner)
+    runtime = Runtime(paths, options, registry=registry, runner=runner)
     for failure in runtime.registry.failures:
         log.error("node pack %s failed to load: %s", failure.name, failure.error)
     max_upload = int(float(getattr(args, "max_upload_size", 100)) * 1024 * 1024)

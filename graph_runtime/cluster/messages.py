@@ -49,8 +49,10 @@ class FolderLayout:
 class WorkerSpec:
     """How to build a worker: the server's folders and options, and its node registry.
 
-    ``registry_factory`` is ``"module:function"`` (called without arguments) for a registry other
-    than the default one (built-in packs plus the folders' ``custom_nodes``), e.g. in tests.
+    The worker's registry is built like the server's: ``packs`` (module names; the composition
+    root passes the built-in ``nodes.PACKS``, graph_runtime never imports ``nodes``) plus the
+    folders' ``custom_nodes``.  ``registry_factory`` (``"module:function"``, called without
+    arguments) replaces that when set, e.g. in tests.
     ``heartbeat_s``: how often a running prompt reports in when it has nothing to say.
     """
 
@@ -58,6 +60,7 @@ class WorkerSpec:
     options: RuntimeOptions = field(default_factory=RuntimeOptions)
     registry_factory: str | None = None
     heartbeat_s: float = 1.0
+    packs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -75,7 +75,8 @@ class PoolSettings:
     interrupt_grace: float = 30.0
     start_timeout: float = 300.0
     cpus_per_worker: float = 0.0
-    registry_factory: str | None = None
+    registry_factory: str | None = None  # "module:function" building the workers' registry (tests)
+    packs: tuple[str, ...] = ()  # else the node pack modules workers load (server.py: nodes.PACKS)
 
 
 @dataclass
@@ -145,7 +146,10 @@ class RayPool:
             log.warning("%d workers asked for and the cluster has %d GPU(s): the workers run on the CPU", count, gpus)
         self._actor_cls = actor_class(self._ray, num_gpus=per_worker_gpu, num_cpus=self.settings.cpus_per_worker)
         self._spec = WorkerSpec(FolderLayout.of(self.runtime.paths), self.runtime.options,
-                                self.settings.registry_factory, self.settings.heartbeat_s)
+                                self.settings.registry_factory, self.settings.heartbeat_s,
+                                tuple(self.settings.packs))
+        if not self._spec.packs and not self._spec.registry_factory:
+            log.warning("Ray workers get no node packs (PoolSettings.packs), only custom nodes")
         self._slots = [_Slot(WorkerState(self._new_name(), busy=True, alive=False)) for _ in range(count)]
         for slot in self._slots:
             slot.thread = threading.Thread(target=self._slot_loop, args=(slot,), name=f"genesis-{slot.name}",

@@ -49,10 +49,12 @@ MAX_BATCH = 256
 _REMEMBERED_INTERRUPTS = 64
 
 
-def load_registry(factory: str | None, paths: FolderPaths) -> NodeRegistry:
-    """The worker's node registry: ``"module:function"`` called without arguments, or the default one."""
+def load_registry(spec: WorkerSpec, paths: FolderPaths) -> NodeRegistry:
+    """The worker's node registry: the server's packs plus the custom nodes of its folders, or
+    ``spec.registry_factory`` (``"module:function"`` called without arguments) when set."""
+    factory = spec.registry_factory
     if not factory:
-        return build_registry(custom_dirs=paths.custom_nodes_dirs)
+        return build_registry(spec.packs, paths.custom_nodes_dirs)
     module_name, _, attr = factory.partition(":")
     return getattr(importlib.import_module(module_name), attr)()
 
@@ -70,7 +72,7 @@ class GenesisWorker:
                                         temp_dir=os.path.join(self._staging, "temp"))
         self.paths.output_dir.mkdir(parents=True, exist_ok=True)
         self.paths.temp_dir.mkdir(parents=True, exist_ok=True)
-        self.registry = load_registry(spec.registry_factory, self.shared_paths)
+        self.registry = load_registry(spec, self.shared_paths)
         self.models = manager_for(spec.options)
         self.executor = Executor(self.registry, self.paths, models=self.models, options=spec.options)
         self.shipper = OutputShipper(self.paths)

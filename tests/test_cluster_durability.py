@@ -7,11 +7,8 @@ The server runs as a subprocess with the ComfyUI-style gate pack of the durabili
 """
 from __future__ import annotations
 
-import os
 import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,84 +16,8 @@ import pytest
 pytest.importorskip("ray", reason='Ray is not installed: pip install -e ".[ray]" (./test.sh installs it)')
 import psutil  # noqa: E402
 
-from tests.cluster_support import poll  # noqa: E402
-from tests.web_harness import free_port, http  # noqa: E402
-
-REPO = Path(__file__).resolve().parent.parent
-PACK = Path(__file__).parent / "data" / "custom_nodes" / "genesis_test_gate.py"
-
-
-class RayServer:
-    """``server.py serve --ray local --ray-workers 2`` on a free port, and every process it started."""
-
-    def __init__(self, base: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = base / f"server-{self.port}.log"
-        env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE", HF_HUB_OFFLINE="1",
-                   RAY_USAGE_STATS_ENABLED="0")
-        self.proc = subprocess.Popen(
-            [sys.executable, str(REPO / "server.py"), "serve", "--base-directory", str(base), "--port", str(self.port),
-             "--no-tiny-models", "--cpu", "--ray", "local", "--ray-workers", "2"],
-            cwd=REPO, env=env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
-        poll(self._answers, "the server to answer", timeout=120)
-        poll(lambda: len([w for w in self.workers() if w.get("alive")]) == 2, "two Ray workers", timeout=180)
-
-    def _answers(self) -> bool:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log.read_text()}")
-        try:
-            return http("GET", self.url + "/object_info/WaitForFile", timeout=2).status == 200
-        except OSError:
-            return False
-
-    def workers(self) -> list[dict]:
-        return http("GET", self.url + "/system_stats").json()["models"].get("workers", [])
-
-    def queue(self, prompt: dict) -> str:
-        reply = http("POST", self.url + "/prompt", {"prompt": prompt})
-        assert reply.status == 200, reply.text
-        return reply.json()["prompt_id"]
-
-    def queue_state(self) -> tuple[list[str], list[str]]:
-        q = http("GET", self.url + "/queue").json()
-        return ([i[1] for i in q["queue_running"]],
-                [i[1] for i in sorted(q["queue_pending"], key=lambda item: item[0])])
-
-    def history(self) -> dict:
-        return http("GET", self.url + "/history").json()
-
-    def family(self) -> list[psutil.Process]:
-        """The server and every process under it (GCS, raylet, agents, workers)."""
-        try:
-            me = psutil.Process(self.proc.pid)
-            return [me] + me.children(recursive=True)
-        except psutil.NoSuchProcess:
-            return []
-
-    def stop(self) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
-
-def gate_prompt(path: Path, tag: int) -> dict:
-    return {"1": {"class_type": "WaitForFile", "inputs": {"path": str(path), "tag": tag}}}
-
-
-def alive(processes: list[psutil.Process]) -> list[psutil.Process]:
-    def running(process: psutil.Process) -> bool:
-        try:
-            return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-        except psutil.NoSuchProcess:
-            return False
-
-    return [p for p in processes if running(p)]
+from tests.cluster_support import GATE_PACK as PACK  # noqa: E402
+from tests.cluster_support import RayServer, alive, poll, wait_for_file_prompt as gate_prompt  # noqa: E402
 
 
 def test_kill_9_with_prompts_running_on_ray_workers_loses_nothing(tmp_path: Path) -> None:

@@ -1,12 +1,14 @@
 """The Ray pool on a real local Ray cluster: 2 logical GPUs, 2 workers, one live server.
 
-``ray.init(num_cpus=2, num_gpus=2)`` gives logical GPUs on this CPU-only machine (each worker
-gets ``CUDA_VISIBLE_DEVICES`` of its own and runs on the CPU); the cluster and the server are
-started once for the module.  Workers run the tiny SD1.5 checkpoint and the test nodes of
+The session's local Ray cluster (``ray_cluster``, tests/conftest_ray.py: ``num_cpus=2,
+num_gpus=2``) gives logical GPUs on this CPU-only machine (each worker gets
+``CUDA_VISIBLE_DEVICES`` of its own and runs on the CPU); the server and its pool are started
+once for the module.  Workers run the tiny SD1.5 checkpoint and the test nodes of
 :mod:`tests.cluster_support` (imported by name in each worker process).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import uuid
@@ -36,13 +38,6 @@ SETTINGS = PoolSettings(workers=2, registry_factory=REGISTRY_FACTORY, heartbeat_
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, namespace="genesis-tests", configure_logging=False)
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def registry():
     return make_registry()
 
@@ -68,6 +63,16 @@ def server(ray_cluster, cluster_paths, registry):
     live.stop()
 
 
+@pytest.fixture
+def short_deadlines(server):
+    """Hang and interrupt deadlines of 3 s for a test that freezes a worker on purpose (the module's
+    10 s keep a worker on a starved machine from passing for a frozen one in the other tests)."""
+    pool = pool_of(server)
+    pool.settings = dataclasses.replace(SETTINGS, hang_timeout=3.0, interrupt_grace=3.0)
+    yield pool
+    pool.settings = SETTINGS
+
+
 def pool_of(server: LiveServer) -> RayPool:
     return server.runtime.runner
 
@@ -77,8 +82,17 @@ def worker_running(server: LiveServer, prompt_id: str) -> dict | None:
 
 
 def executing_node(ws: WsClient, prompt_id: str, node: str = "1") -> None:
-    ws.read_until(lambda m: isinstance(m, dict) and m["type"] == "executing"
-                  and m["data"]["prompt_id"] == prompt_id and m["data"]["node"] == node, timeout=60)
+    """Wait until ``prompt_id`` runs ``node``, as the client saw it.
+
+    Prompts on two workers run at once, so their messages interleave in any order: a message read
+    while waiting for another prompt counts too (``ws.messages`` keeps everything read).
+    """
+    def running(m: object) -> bool:
+        return (isinstance(m, dict) and m["type"] == "executing" and m["data"]["prompt_id"] == prompt_id
+                and m["data"]["node"] == node)
+
+    if not any(running(m) for m in ws.messages):
+        ws.read_until(running, timeout=60)
 
 
 def pixels(path: Path) -> np.ndarray:
@@ -224,7 +238,8 @@ def test_a_killed_worker_prompt_completes_on_the_other_worker_and_the_pool_is_re
     assert server.runtime.store.get(pid).attempts == 2
 
 
-def test_a_frozen_worker_is_killed_after_the_deadline_and_its_prompt_runs_elsewhere(server, tmp_path):
+def test_a_frozen_worker_is_killed_after_the_deadline_and_its_prompt_runs_elsewhere(server, short_deadlines,
+                                                                                    tmp_path):
     pool = pool_of(server)
     ws = WsClient(server.ws_url, client_id=uuid.uuid4().hex)
     gate = tmp_path / "gate"
@@ -256,7 +271,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def test_a_node_that_ignores_the_interrupt_is_stopped_by_killing_its_worker(server, tmp_path):
+def test_a_node_that_ignores_the_interrupt_is_stopped_by_killing_its_worker(server, short_deadlines, tmp_path):
     pool = pool_of(server)
     ws = WsClient(server.ws_url, client_id=uuid.uuid4().hex)
     pid = server.queue({"1": {"class_type": "StubbornGate", "inputs": {"path": str(tmp_path / "never")}}},

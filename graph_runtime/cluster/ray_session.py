@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,8 @@ class RaySession:
         else:
             address = "auto" if self.mode == "auto" else self.mode
             kwargs.pop("include_dashboard", None)  # only for a cluster this process starts
+        if address != "local":
+            _probe(os.environ.get("RAY_ADDRESS", "") if address == "auto" else address)
         try:
             ray.init(address=address, **kwargs)
         except ConnectionError as exc:
@@ -131,6 +134,28 @@ class RaySession:
                                         stdin=subprocess.PIPE, text=True, start_new_session=True,
                                         cwd=str(Path(__file__).resolve().parents[2]))
         self.track()
+
+
+PROBE_TIMEOUT_S = 5.0
+
+
+def _probe(address: str) -> None:
+    """Fail fast when nothing listens at a GCS address (``ray.init`` would retry for minutes).
+
+    ``ray://`` client addresses and an empty one (``auto`` without ``RAY_ADDRESS``: Ray looks for a
+    cluster started on this machine) are left to Ray.
+    """
+    if not address or address.startswith("ray://") or address == "auto":
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise RayUnavailable(f"{address!r} is not a Ray cluster address (host:port, ray://host:port, auto or local)")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        raise RayUnavailable(f"no Ray cluster to join at {address!r} ({exc}); start one with "
+                             "`ray start --head` (see deploy/README.md) or use --ray local") from exc
 
 
 def worker_env() -> dict[str, str]:

@@ -238,6 +238,30 @@ def test_a_killed_worker_prompt_completes_on_the_other_worker_and_the_pool_is_re
     assert server.runtime.store.get(pid).attempts == 2
 
 
+def test_a_prompt_whose_worker_dies_twice_fails_instead_of_looping_and_the_pool_is_refilled(server, tmp_path):
+    pool = pool_of(server)
+    assert pool.wait_ready(120)
+    ws = WsClient(server.ws_url, client_id=uuid.uuid4().hex)
+    pid = server.queue(gate_prompt(tmp_path / "never", 9), client_id=ws.client_id)
+    executing_node(ws, pid)
+    victims = [worker_running(server, pid)]
+    os.kill(victims[0]["pid"], signal.SIGKILL)
+    victims.append(poll(lambda: (w := worker_running(server, pid)) is not None and w["name"] != victims[0]["name"]
+                        and w, "the prompt to run again on the other worker"))
+    os.kill(victims[1]["pid"], signal.SIGKILL)
+    error = ws.read_until(lambda m: isinstance(m, dict) and m["type"] == "execution_error"
+                          and m["data"]["prompt_id"] == pid, timeout=60)
+    assert error["data"]["exception_type"] == "WorkerLost" and "not retried again" in error["data"]["exception_message"]
+    entry = server.wait_history(pid, timeout=30)
+    ws.close()
+    assert entry["status"]["status_str"] == "error"
+    job = server.runtime.store.get(pid)
+    assert job.attempts == 2 and job.error["type"] == "worker_lost"
+    assert pool.wait_ready(120)
+    names = [w["name"] for w in pool.workers()]
+    assert len(names) == 2 and not {v["name"] for v in victims} & set(names)
+
+
 def test_a_frozen_worker_is_killed_after_the_deadline_and_its_prompt_runs_elsewhere(server, short_deadlines,
                                                                                     tmp_path):
     pool = pool_of(server)

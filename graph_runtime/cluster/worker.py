@@ -49,6 +49,35 @@ MAX_BATCH = 256
 _REMEMBERED_INTERRUPTS = 64
 
 
+STAGING_PREFIX = "genesis-staging-"
+"""Staging folders are ``genesis-staging-<pid>-<worker>-*`` in the temp dir: a killed worker's
+folder (no atexit ran) is removed by the next worker that starts on that machine."""
+
+
+def _sweep_stale_staging(root: str) -> None:
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return
+    for entry in entries:
+        if not entry.name.startswith(STAGING_PREFIX):
+            continue
+        pid_text = entry.name[len(STAGING_PREFIX):].split("-", 1)[0]
+        if not pid_text.isdigit() or _process_exists(int(pid_text)):
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 def load_registry(spec: WorkerSpec, paths: FolderPaths) -> NodeRegistry:
     """The worker's node registry: the server's packs plus the custom nodes of its folders, or
     ``spec.registry_factory`` (``"module:function"`` called without arguments) when set."""
@@ -65,7 +94,8 @@ class GenesisWorker:
     def __init__(self, spec: WorkerSpec, name: str) -> None:
         self.name = name
         self.spec = spec
-        self._staging = tempfile.mkdtemp(prefix=f"genesis-{name}-")
+        _sweep_stale_staging(tempfile.gettempdir())
+        self._staging = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-{name}-")
         atexit.register(shutil.rmtree, self._staging, True)
         self.shared_paths = spec.folders.build()  # the server's folders: models and input are read there
         self.paths = spec.folders.build(output_dir=os.path.join(self._staging, "output"),

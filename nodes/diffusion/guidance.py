@@ -24,7 +24,8 @@ pipelines do — with these arguments:
 * FLUX: ``sample`` = the packed latent tokens (N, h/2·w/2, 4C), ``timestep`` = t/1000 per row,
   ``encoder_hidden_states`` = T5 rows, ``flux_kwargs`` = ``{"guidance", "pooled_projections",
   "txt_ids", "img_ids"}``;
-* ``percent`` = sampling progress, 0.0 at the first step of the full schedule → 1.0 at the end.
+* ``percent`` = where the step's σ lies in the model's timestep range, ComfyUI's ``percent_to_sigma``
+  inverted (0.0 at σ_max → 1.0 at σ = 0), so start/end percents cut at the same σ as in ComfyUI.
 
 The returned dict is passed as extra keyword arguments to the denoiser call; rows whose entry has
 no hook (or whose hook returned None) get zeros of the same shapes.

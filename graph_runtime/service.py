@@ -1,5 +1,9 @@
 """The runtime service: validation → durable queue → one executor worker → events.
 
+Prompts that wait on a network-bound node (a video provider) *park* and let the worker claim the
+next prompt; see :mod:`graph_runtime.lanes` for the design.  Each claimed prompt runs on its own
+thread; the GPU gate lets one of them run non-network nodes at a time.
+
 This is the one object the web layer and the CLI talk to.  Data flows one way: ``submit``
 validates and enqueues; the worker thread claims jobs from the SQLite store, runs them
 through the :class:`~graph_runtime.executor.Executor` and records history; every event goes
@@ -7,6 +11,7 @@ to the registered listeners together with the client id of the prompt it belongs
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -19,6 +24,8 @@ from graph_runtime.context import RuntimeOptions
 from graph_runtime.events import Event, Executing, QueueStatus
 from graph_runtime.executor import ExecutionReport, Executor, InterruptToken
 from graph_runtime.jobs import DuplicateJobError, Job, JobStatus, JobStore
+from graph_runtime.jobs.remote import RemoteJobStore
+from graph_runtime.lanes import Lanes
 from graph_runtime.model_manager import manager_for
 from graph_runtime.node_info import node_info, object_info
 from graph_runtime.paths import FolderPaths
@@ -65,13 +72,16 @@ class Runtime:
         self.registry = registry if registry is not None else build_registry(custom_dirs=paths.custom_nodes_dirs)
         self.validator = PromptValidator(self.registry, paths, self.options)
         self.store = JobStore(db_path or paths.user_dir / "jobs.sqlite3")
+        self.remote_jobs = RemoteJobStore(self.store.db_path)  # same file, own table and connection
+        self.lanes = Lanes(self.remote_jobs, network_concurrency=self.options.network_concurrency)
         self.models = manager_for(self.options)
-        self.executor = Executor(self.registry, paths, models=self.models, options=self.options)
+        self.executor = Executor(self.registry, paths, models=self.models, options=self.options, lanes=self.lanes)
         self._listeners: list[Listener] = []
         self._worker: threading.Thread | None = None
         self._stopping = threading.Event()
         self._running_lock = threading.Lock()
-        self._running: tuple[str, InterruptToken] | None = None
+        self._running: dict[str, InterruptToken] = {}  # claimed prompts: the one on the GPU and the parked ones
+        self._threads: dict[str, threading.Thread] = {}
         self._pending_free: dict[str, bool] = {}
         self.last_report: ExecutionReport | None = None
 
@@ -146,19 +156,20 @@ class Runtime:
 
     # -- control -------------------------------------------------------------------------------
     def interrupt(self, prompt_id: str | None = None) -> bool:
-        """Interrupt the running prompt (only if it is ``prompt_id``, when given)."""
+        """Interrupt a running prompt: ``prompt_id``, or (when None) the one running nodes on the GPU
+        now, else the oldest one parked on the network lane."""
         with self._running_lock:
-            if self._running is None:
-                return False
-            running_id, token = self._running
-            if prompt_id is not None and prompt_id != running_id:
+            if prompt_id is None:
+                prompt_id = self.lanes.gate.holder or next(iter(self._running), None)
+            token = self._running.get(prompt_id) if prompt_id is not None else None
+            if token is None:
                 return False
             token.set()
             return True
 
     def running_prompt_id(self) -> str | None:
         with self._running_lock:
-            return self._running[0] if self._running else None
+            return self.lanes.gate.holder or next(iter(self._running), None)
 
     def cancel(self, prompt_ids: list[str]) -> dict[str, list[str]]:
         """Cancel pending jobs (kept in history as cancelled) and interrupt running ones."""
@@ -184,7 +195,7 @@ class Runtime:
     def free(self, *, unload_models: bool = False, free_memory: bool = False) -> None:
         """Drop caches/models now if idle, else right after the running prompt (``POST /free``)."""
         with self._running_lock:
-            busy = self._running is not None
+            busy = bool(self._running)
             if busy:
                 self._pending_free = {"unload_models": unload_models or self._pending_free.get("unload_models", False),
                                       "free_memory": free_memory or self._pending_free.get("free_memory", False)}
@@ -210,49 +221,85 @@ class Runtime:
         report = self.store.recover_after_restart()
         if report.requeued or report.failed:
             log.warning("after restart: requeued %s, failed %s", report.requeued, report.failed)
+        live = [job.prompt_id for job in self.store.pending()]  # requeued prompts keep their remote jobs
+        dropped = self.remote_jobs.prune(live)
+        if dropped:
+            log.info("dropped %d remote job records of prompts that are gone", dropped)
         self._stopping.clear()
         self._worker = threading.Thread(target=self._work, name="genesis-worker", daemon=True)
         self._worker.start()
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Stop claiming, interrupt the prompt on the GPU, and detach the parked ones: their remote
+        jobs keep running at the provider and resume at the next start (they stay "running")."""
         self._stopping.set()
         with self._running_lock:
-            if self._running is not None:
-                self._running[1].set()
+            holder = self.lanes.gate.holder
+            if holder in self._running:
+                self._running[holder].set()
         if self._worker is not None:
             self._worker.join(timeout)
+        self.lanes.close()
+        for thread in list(self._threads.values()):
+            thread.join(timeout)
         self.executor.close()
+        self.remote_jobs.close()
         self.store.close()
 
     def _work(self) -> None:
+        """Claim a prompt whenever the GPU gate is free and run it on a thread of its own."""
         while not self._stopping.is_set():
+            if not self.lanes.gate.wait_free(0.25):
+                continue
             job = self.store.claim_next(timeout=0.25)
             if job is None:
                 continue
-            try:
-                self.run_job(job)
-            except Exception:  # the worker must survive anything
-                log.exception("worker failed on %s", job.prompt_id)
+            # Hand the gate to the new prompt before anything else can be claimed.
+            if not self.lanes.gate.acquire(job.prompt_id, interrupted=self._stopping.is_set):
+                break  # stopping: the job stays running and is recovered at the next start
+            thread = threading.Thread(target=self._run_claimed, args=(job,), daemon=True,
+                                      name=f"genesis-prompt-{job.prompt_id[:8]}")
+            with self._running_lock:
+                self._threads[job.prompt_id] = thread
+            thread.start()
 
-    def run_job(self, job: Job) -> ExecutionReport:
-        """Execute a claimed job, store its history and announce the end."""
+    def _run_claimed(self, job: Job) -> None:
+        try:
+            self.run_job(job)
+        except Exception:  # a prompt thread must not die silently
+            log.exception("worker failed on %s", job.prompt_id)
+        finally:
+            self.lanes.gate.release(job.prompt_id)
+            self.executor.close()  # this thread's event loop
+            with self._running_lock:
+                self._threads.pop(job.prompt_id, None)
+
+    def run_job(self, job: Job) -> ExecutionReport | None:
+        """Execute a claimed job, store its history and announce the end (None: detached at shutdown)."""
         token = InterruptToken()
         with self._running_lock:
-            self._running = (job.prompt_id, token)
+            self._running[job.prompt_id] = token
         client_id = job.client_id
         self._emit_status()
         try:
             report = self.executor.execute(job.prompt_id, job.prompt, job.outputs_to_execute,
                                            extra_data=job.extra_data, interrupt=token,
                                            sink=lambda event: self._emit(event, client_id))
+        except asyncio.CancelledError:  # the network lane stopped under a parked prompt: detach it
+            log.info("prompt %s left running; its remote jobs resume at the next start", job.prompt_id)
+            with self._running_lock:
+                self._running.pop(job.prompt_id, None)
+            return None
         except Exception as exc:  # executor bugs still end the job cleanly
             log.exception("executor crashed on %s", job.prompt_id)
             report = ExecutionReport(job.prompt_id, "error", error={"exception_message": str(exc),
                                                                       "exception_type": type(exc).__name__})
         finally:
             with self._running_lock:
-                self._running = None
-                pending_free, self._pending_free = self._pending_free, {}
+                self._running.pop(job.prompt_id, None)
+                pending_free = {} if self._running else self._pending_free
+                if not self._running:
+                    self._pending_free = {}
         meta = {nid: {"node_id": nid, "display_node": nid, "parent_node": None, "real_node_id": nid}
                 for nid in report.outputs}
         timings = {nid: {"class_type": r.class_type, "seconds": round(r.seconds, 6), **r.memory, **r.info}
@@ -269,6 +316,7 @@ class Runtime:
         self._emit(Executing(job.prompt_id, None), client_id)
         if pending_free:
             self._free_now(pending_free.get("unload_models", False), pending_free.get("free_memory", False))
+        self.lanes.forget(job.prompt_id)  # the next prompt may start once this one is fully announced
         return report
 
     def wait_idle(self, timeout: float = 30.0) -> bool:

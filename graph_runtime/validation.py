@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable
 
+from graph_runtime.context import NodeError
 from graph_runtime.node_info import input_entry
 from graph_runtime.paths import FolderPaths
 from graph_runtime.registry import NodeRegistry
@@ -340,15 +341,19 @@ class PromptValidator:
             kwargs["paths"] = self.paths
         if params is not None and "options" in params:
             kwargs["options"] = self.options
+        name: str | None = None
         try:
             result = custom(**kwargs)
+        except NodeError as exc:  # a node's own error names the input at fault (or none: a setting)
+            result, name = str(exc), exc.input_name or ""
         except Exception as exc:  # a node's own validation must not crash the server
             result = f"{type(exc).__name__}: {exc}"
         if result is True:
             return []
         message = result if isinstance(result, str) else "invalid inputs"
-        names = [k for k in kwargs if k not in ("input_types", "paths", "options")] or [""]
-        name = names[0]
+        if name is None:
+            names = [k for k in kwargs if k not in ("input_types", "paths", "options")] or [""]
+            name = names[0]
         return [PromptError("custom_validation_failed", "Custom validation failed for node",
                             f"{name} - {message}" if name else message, {"input_name": name})]
 

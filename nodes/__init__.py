@@ -19,4 +19,6 @@ PACKS = (
     "nodes.language.text_generate",
     "nodes.vision_language.nodes",
     "nodes.vision_language.compat",
+    "nodes.video.nodes",
+    "nodes.video_api.nodes",
 )

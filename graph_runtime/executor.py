@@ -42,7 +42,7 @@ import time
 import traceback as tb
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from graph_runtime import node_memory
 from graph_runtime.cache import CacheEntry, OutputCache
@@ -51,7 +51,7 @@ from graph_runtime.lanes import Lanes
 from graph_runtime.events import (Event, EventSink, Executed, Executing, ExecutionCached, ExecutionError,
                                   ExecutionInterrupted, ExecutionStart, ExecutionSuccess, NodeProgress, PreviewImage,
                                   Progress, ProgressState, ProgressText, discard)
-from graph_runtime.model_manager import ModelManager
+from graph_runtime.model_manager import ModelManager, is_out_of_memory, manager_for, out_of_memory_message
 from graph_runtime.node_calls import CallOutcome, NodeResultError, assemble, collect, find_blocker, mapped_calls
 from graph_runtime.paths import FolderPaths
 from graph_runtime.registry import NodeRegistry
@@ -133,11 +133,12 @@ class Executor:
 
     def __init__(self, registry: NodeRegistry, paths: FolderPaths, *, models: ModelManager | None = None,
                  options: RuntimeOptions | None = None, cache: OutputCache | None = None,
-                 lanes: Lanes | None = None) -> None:
+                 lanes: Lanes | None = None, is_oom: Callable[[BaseException], bool] = is_out_of_memory) -> None:
         self.registry = registry
         self.paths = paths
         self.options = options or RuntimeOptions()
-        self.models = models if models is not None else ModelManager(self.options.model_budget_bytes)
+        self.models = models if models is not None else manager_for(self.options)
+        self.is_oom = is_oom  # which exceptions mean "out of memory" (torch-free; the composition root may refine it)
         self.cache = cache if cache is not None else OutputCache(self.options.cache_budget_bytes)
         self.lanes = lanes
         self._local = threading.local()  # one event loop per thread: parked prompts run side by side
@@ -530,7 +531,7 @@ class _PromptRun:
         started = time.perf_counter()
         mark = node_memory.start()
         try:
-            results = await self._call(definition, ctx, inputs, offload)
+            results = await self._call_with_memory(nid, definition, ctx, inputs, offload)
             outcome = collect(definition, nid, results)
         except Interrupted:
             self._raise_interrupted(nid)
@@ -546,6 +547,30 @@ class _PromptRun:
             self._expand(nid, definition, outcome)
         else:
             self._complete(nid, definition, assemble(definition, outcome, self._resolve_link), outcome.ui)
+
+    async def _call_with_memory(self, nid: str, definition: NodeDefinition, ctx: NodeContext,
+                                inputs: dict[str, list[Any] | None], offload: bool) -> list[Any]:
+        """Run a node in the model manager's scope: the models it uses stay pinned, its declared working
+        memory is reserved first, and an out-of-memory error frees every model the node does not use and
+        runs it once more; a second one becomes an error saying what to change."""
+        models = self.ex.models
+        first = {name: values[0] for name, values in inputs.items() if values}
+        with models.prepare_for(nid, inputs=first):
+            try:
+                return await self._call(definition, ctx, inputs, offload)
+            except Exception as exc:
+                if not self.ex.is_oom(exc):
+                    raise
+                log.warning("node %s (%s) ran out of memory; freeing models and retrying once", nid,
+                            definition.class_type)
+            models.free_for_retry()
+            try:
+                return await self._call(definition, ctx, inputs, offload)
+            except Exception as exc:
+                if not self.ex.is_oom(exc):
+                    raise
+                raise NodeError(out_of_memory_message(definition.class_type, nid, exc,
+                                                      models.loaded_models())) from exc
 
     async def _call(self, definition: NodeDefinition, ctx: NodeContext, inputs: dict[str, list[Any] | None],
                     offload: bool) -> list[Any]:

@@ -62,7 +62,10 @@ class ModelMemoryError(MemoryError):
 
 
 class ModelOps(Protocol):
-    """How the manager measures and moves one kind of loaded value (torch code lives in ``nodes``)."""
+    """How the manager measures and moves one kind of loaded value (torch code lives in ``nodes``).
+
+    Optional: ``stream(value, device) -> bool`` turns on block offloading (``--lowvram``/``--novram``).
+    """
 
     def size_bytes(self, value: Any) -> int: ...
 
@@ -146,6 +149,7 @@ class _Slot:
     size: int
     device: str
     pins: int = 0
+    streamed: bool = False  # block-offloaded: lives in RAM, runs on its device layer by layer
     loaded_at: float = field(default_factory=time.monotonic)
 
 
@@ -538,17 +542,38 @@ class ModelManager:
                 self._note_use(handle, slot)
                 # the model is in memory now: bring the others back under the budget around it
                 self._make_room_locked(device, 0, {handle.key}, soft=True)
+                self._ensure_on_device(handle, slot)
             log.info("loaded %s (%.1f MB on %s)", handle.label, size / 2**20, device)
             return value
 
     def _ensure_on_device(self, handle: ModelHandle, slot: _Slot) -> None:
-        """A model offloaded to RAM goes back to its device (after making room) when used."""
+        """Put a model on its device when it is used: loaders may build on the CPU, and an offloaded model
+        comes back (after making room).  ``--novram`` streams every accelerator model block by block from
+        RAM; ``--lowvram`` does so for a model that does not fit even after freeing everything else."""
         want = handle.wanted_device
-        if _same_device(slot.device, want):
+        if _same_device(slot.device, want) or slot.streamed:
             return
-        self._make_room_locked(want, slot.size, {handle.key})
+        accelerator = not _same_device(want, CPU)
+        if accelerator and self.mode is VramMode.NO and self._stream(handle, slot):
+            return
+        try:
+            self._make_room_locked(want, slot.size, {handle.key})
+        except ModelMemoryError:
+            if not (accelerator and self.mode is VramMode.LOW and self._stream(handle, slot)):
+                raise
+            return
         handle.ops.move(slot.value, want)
         slot.device = handle.ops.device_of(slot.value)
+
+    def _stream(self, handle: ModelHandle, slot: _Slot) -> bool:
+        """Block offloading (weights stay in RAM, each block visits the device when it runs)."""
+        stream = getattr(handle.ops, "stream", None)
+        if not callable(stream) or not stream(slot.value, handle.wanted_device):
+            return False
+        slot.streamed = True
+        slot.device = CPU
+        log.info("%s runs block by block from RAM on %s", handle.label, handle.wanted_device)
+        return True
 
     def _offload_locked(self, handle: ModelHandle, device: str) -> bool:
         slot = self._slots.get(handle.key)

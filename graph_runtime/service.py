@@ -277,6 +277,7 @@ class Runtime:
     def run_job(self, job: Job) -> ExecutionReport | None:
         """Execute a claimed job, store its history and announce the end (None: detached at shutdown)."""
         token = InterruptToken()
+        self.models.begin_prompt()  # models.prompt_models() then lists what this prompt used (files, SHA-256)
         with self._running_lock:
             self._running[job.prompt_id] = token
         client_id = job.client_id

@@ -105,7 +105,9 @@ class CheckpointLoaderSimple(Node):
 
         path = resolve_file(ctx, "checkpoints", ckpt_name, "ckpt_name")
         place = placement(ctx)
-        bundle = guarded("ckpt_name", lambda: load_checkpoint(ctx.models, path, place, _t5_dirs(ctx)))
+        storage = "fp8_e4m3fn" if ctx.options.fp8_weights else "default"  # --fp8-weights
+        bundle = guarded("ckpt_name", lambda: load_checkpoint(ctx.models, path, place, _t5_dirs(ctx),
+                                                              weight_dtype=storage))
         _record(ctx, path, bundle.model, bundle.model.family)
         return (bundle.model, bundle.clip, bundle.vae)
 
@@ -128,6 +130,8 @@ class UNETLoader(Node):
                             input_name="weight_dtype")
         path = resolve_file(ctx, "diffusion_models", unet_name, "unet_name")
         place = placement(ctx)
+        if weight_dtype == "default" and ctx.options.fp8_weights:  # --fp8-weights
+            weight_dtype = "fp8_e4m3fn"
         model = guarded("unet_name", lambda: load_diffusion_model(ctx.models, path, place, weight_dtype))
         _record(ctx, path, model, model.family)
         if weight_dtype != "default":

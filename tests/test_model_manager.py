@@ -263,3 +263,56 @@ def test_working_memory_is_reserved_before_a_node_runs():
     # an impossible reservation does not fail the node
     with mm.prepare_for("8", working_bytes=10_000, device="cuda:0"):
         pass
+
+
+def test_a_prompt_record_lists_the_loaded_files_with_dtype_device_and_sha256(tiny_base_dir):
+    """What issue 12's reproducibility record reads: the models a prompt used since begin_prompt()."""
+    from graph_runtime.context import NodeContext, RuntimeOptions
+    from graph_runtime.file_hashes import FileHashes, sha256_of_file
+    from graph_runtime.paths import FolderPaths
+    from nodes.conditioning import CLIPTextEncode
+    from nodes.loaders import CheckpointLoaderSimple
+
+    mm = ModelManager(hashes=FileHashes())
+    ctx = NodeContext(node_id="1", class_type="X", prompt_id="p", paths=FolderPaths(tiny_base_dir), models=mm,
+                      options=RuntimeOptions(device="cpu"))
+    _m, clip, _v = CheckpointLoaderSimple().execute(ctx, "tiny-sd15.safetensors")
+    mm.begin_prompt()  # Runtime.run_job calls this before each prompt
+    CLIPTextEncode().execute(ctx, "x", clip)  # this prompt uses only the text encoders
+    rows = mm.prompt_models()
+    ckpt = ctx.paths.model_path("checkpoints", "tiny-sd15.safetensors")
+    assert [r["label"] for r in rows] == ["tiny-sd15.safetensors (text encoders)"]
+    assert rows[0]["sha256"] == {str(ckpt): sha256_of_file(ckpt)}
+    assert (rows[0]["device"], rows[0]["dtype"]) == ("cpu", "float32")
+
+
+class StreamingOps(BlobOps):
+    def __init__(self) -> None:
+        self.streamed: list[str] = []
+
+    def stream(self, value: Blob, device: str) -> bool:
+        self.streamed.append(value.name)
+        return True
+
+
+def test_lowvram_streams_a_model_that_does_not_fit_and_novram_streams_all():
+    for mode, expect in ((VramMode.LOW, ["big"]), (VramMode.NO, ["small", "big"])):
+        mm = gpu_manager(100, mode=mode)
+        ops = StreamingOps()
+        small = mm.handle(("small",), lambda: Blob("small", 30), ops=ops, device="cuda:0", label="small")
+        big = mm.handle(("big",), lambda: Blob("big", 300), ops=ops, device="cuda:0", label="big")
+        small.get()
+        with mm.node_scope("1"):
+            big.get()
+        assert ops.streamed == expect, mode
+        assert big.device == CPU  # its weights live in RAM
+    mm = gpu_manager(100, mode=VramMode.NORMAL)
+    big = mm.handle(("big",), lambda: Blob("big", 300), ops=StreamingOps(), device="cuda:0", label="big")
+    with pytest.raises(ModelMemoryError):
+        big.get()
+
+
+def test_loaders_may_build_on_the_cpu_and_the_manager_places_the_model():
+    mm = gpu_manager(100)
+    h = mm.handle(("m",), lambda: Blob("m", 30, CPU), ops=BlobOps(), device="cuda:0", label="m")
+    assert h.get().device == "cuda:0" and h.device == "cuda:0"

@@ -5,8 +5,10 @@ while bitsandbytes 0.50.2 itself has CPU kernels; replacing each ``nn.Linear`` w
 ``Linear4bit``/``Linear8bitLt`` whose weight is quantized on its first move works on CPU and
 CUDA alike and serves diffusers and transformers models with one code path.
 
-What is quantized: fp8 storage covers every layer diffusers' layerwise casting accepts (norms
-and embeddings skipped); the Linear methods (NF4, int8) cover ``nn.Linear`` layers only — conv
+What is quantized: fp8 storage covers every Linear and Conv layer of a diffusion model, FLUX's adaLN
+modulation Linears included, as ComfyUI's fp8 ``weight_dtype`` does (norm layers keep their few
+weights; see :data:`DIFFUSERS_FP8_SKIP`); on text encoders, norms, embeddings and output heads stay
+in full precision.  The Linear methods (NF4, int8) cover ``nn.Linear`` layers only — conv
 layers (most of an SD UNet) stay in full precision, so their savings depend on the family.
 """
 from __future__ import annotations
@@ -30,21 +32,34 @@ class QuantizeError(RuntimeError):
     """A method cannot be applied to this model (the message says which layer and why)."""
 
 
-def fp8_storage(module: torch.nn.Module, storage: torch.dtype, compute: torch.dtype) -> None:
-    """Store weights in ``storage`` (fp8) and upcast each layer to ``compute`` while it runs."""
-    enable = getattr(module, "enable_layerwise_casting", None)
-    if callable(enable):  # diffusers ModelMixin
-        # Only Linear/Conv layers are cast (norm layers never are); diffusers' default also skips every
-        # layer whose *name* contains "norm", which keeps FLUX's large adaLN modulation Linears
-        # (norm1.linear …, a third of each block) in full precision.  ComfyUI stores those in fp8 too.
-        enable(storage_dtype=storage, compute_dtype=compute, skip_modules_pattern=("pos_embed", "patch_embed"))
-        return
-    from diffusers.hooks import apply_layerwise_casting
+# Layers fp8 storage keeps in full precision on diffusers models.  ComfyUI's ``weight_dtype`` fp8 builds the
+# whole diffusion model in fp8 — every Linear and Conv, the adaLN modulation Linears of FLUX's blocks
+# (``norm1.linear`` …) and its embedders included — and keeps nothing back but what has no weights.  We
+# follow it: norm layers are never cast (layerwise casting only hooks Linear/Conv/Embedding; their
+# weights are a few KB), and the patch/position embedders of the models that have them (SD3-style
+# ``pos_embed``/``patch_embed``: a conv and a learned table at the very input) stay as diffusers keeps them.
+# ``lora_`` keeps PEFT adapter layers (if any were injected) in the compute dtype.
+DIFFUSERS_FP8_SKIP = ("pos_embed", "patch_embed", "lora_")
 
-    # transformers' own fp32 islands (T5's ``wo``: it casts its input to the weight's dtype itself)
+
+def fp8_storage(module: torch.nn.Module, storage: torch.dtype, compute: torch.dtype) -> None:
+    """Store weights in ``storage`` (fp8) and upcast each layer to ``compute`` while it runs.
+
+    Why ``apply_layerwise_casting`` and not ``ModelMixin.enable_layerwise_casting``: the latter always
+    adds the model class's own skip patterns, and FLUX's (``"norm"``) matches every adaLN modulation
+    Linear (``norm1.linear``, ``norm1_context.linear``, ``norm.linear``, ``norm_out.linear``: a third of
+    each block), which then stays in full precision — 0.455× fp32 weight bytes instead of ≈0.25×.
+    """
+    from diffusers.hooks import apply_layerwise_casting
+    from diffusers.models.modeling_utils import ModelMixin
+
+    # a model's own fp32 islands (T5's ``wo``: it casts its input to the weight's dtype itself)
     keep = tuple(rf"(^|\.){name}$" for name in getattr(module, "_keep_in_fp32_modules", None) or ())
-    apply_layerwise_casting(module, storage_dtype=storage, compute_dtype=compute,
-                            skip_modules_pattern=("norm", "embed", "position", "pos_", "lm_head") + keep)
+    if isinstance(module, ModelMixin):
+        skip = DIFFUSERS_FP8_SKIP + keep
+    else:  # transformers text encoders: norms, token/position embeddings and output heads stay
+        skip = ("norm", "embed", "position", "pos_", "lm_head") + keep
+    apply_layerwise_casting(module, storage_dtype=storage, compute_dtype=compute, skip_modules_pattern=skip)
 
 
 def _linear_children(module: torch.nn.Module, skip: tuple[str, ...]) -> list[tuple[torch.nn.Module, str, str, torch.nn.Linear]]:

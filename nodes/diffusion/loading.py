@@ -341,16 +341,29 @@ class _EncoderPart:
     layout: str
 
 
+def _load_gguf_encoder(part: _EncoderPart, dtype: torch.dtype) -> torch.nn.Module:
+    from nodes.quantize import gguf
+
+    try:
+        return gguf.load_encoder(part.path, part.kind, part.prefix, part.layout, dtype)
+    except gguf.GGUFError as exc:
+        raise LoadError(str(exc)) from exc
+
+
 def _encoders_loader(parts: Sequence[_EncoderPart], tokenizers: dict, place: Placement):
     from nodes.diffusion import single_file as sf
 
     def load() -> dict:
         encoders = {}
         for part in parts:
-            sd = _load_tensors(part.path, [part.prefix] if part.prefix else None)
             dtype = encoder_dtype(place.dtype_option, place.device, part.kind)
-            module = _guard(part.path, sf.build_encoder, sd, part.kind, part.prefix, part.layout, part.path.name, dtype)
-            del sd
+            if part.path.suffix.lower() == ".gguf":  # Linear weights stay GGUF-quantized
+                module = _load_gguf_encoder(part, dtype)
+            else:
+                sd = _load_tensors(part.path, [part.prefix] if part.prefix else None)
+                module = _guard(part.path, sf.build_encoder, sd, part.kind, part.prefix, part.layout, part.path.name,
+                                dtype)
+                del sd
             if part.kind == "t5xxl":
                 _check_t5_vocab(tokenizers[part.kind], module, part.path)
             encoders[part.kind] = module  # on the CPU: the model manager places it

@@ -8,9 +8,9 @@ noise mask for inpainting.  These nodes only translate their inputs into a
 :class:`~nodes.diffusion.sampling.SamplingRequest`.
 
 SIGMAS values are 1-D float tensors (descending, ending with 0 for a full denoise), as in ComfyUI,
-so schedules can be split, edited and handed between nodes.  Every implemented sampler runs with
-every scheduler on every model family; a sampler name we do not implement is refused when the
-prompt is queued (``validate_inputs``) with the list of those we do.
+so schedules can be split, edited and handed between nodes.  Every one of ComfyUI's 42 sampler names
+runs with every scheduler on every model family; a name ComfyUI does not have is refused when the
+prompt is queued (``validate_inputs``) with the list of those that run.
 """
 from __future__ import annotations
 

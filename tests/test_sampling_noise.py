@@ -77,7 +77,12 @@ def test_initial_noise_with_batch_index():
 
 # --- ancestral samplers -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("sampler", ["euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral"])
+# with denoised = 0 (and so uncond_denoised = 0) every one of these is x' = (σ_down/σ)·x + σ_up·noise
+ANCESTRAL = ["euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "euler_ancestral_cfg_pp",
+             "dpmpp_2s_ancestral_cfg_pp", "res_multistep_ancestral", "res_multistep_ancestral_cfg_pp"]
+
+
+@pytest.mark.parametrize("sampler", ANCESTRAL)
 @pytest.mark.parametrize("scheduler", ["normal", "karras"])
 def test_ancestral_step_noise_is_a_fresh_generator_seeded_with_seed_plus_one(sampler, scheduler):
     sigmas = ksampler_sigmas(SD, sampler, scheduler, 6)
@@ -94,6 +99,128 @@ def test_ancestral_step_noise_is_a_fresh_generator_seeded_with_seed_plus_one(sam
     torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-4)
     # and not the initial noise again (ComfyUI's CPU rule adds 1 to the seed)
     assert not torch.allclose(noise[0], initial_noise(SHAPE, SEED))
+
+
+@pytest.mark.parametrize("sampler", ["res_multistep_ancestral", "res_multistep_ancestral_cfg_pp"])
+def test_res_multistep_ancestral_takes_the_sd_ancestral_step_on_flow_models_too(sampler):
+    """ComfyUI's RES ancestral step has no rectified-flow form: on FLUX it re-noises like SD (σ_up of
+    noise added, x not shrunk), which is why its samples there are noisier than the data."""
+    ms = FlowSampling(mu=None)
+    sigmas = ksampler_sigmas(ms, sampler, "simple", 5)
+    x, calls, out = _run(sampler, sigmas, ms=ms)
+    noise = _generator_draws(SEED + 1, 4)
+    expected = x.double()
+    for i in range(4):
+        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
+        down, up = _ancestral(s, s_next)
+        expected = expected * down / s + noise[i].double() * up
+        torch.testing.assert_close(calls[i + 1][0].double(), expected, rtol=1e-4, atol=1e-4)
+
+
+def _er_sde_noise_scaler(ell: float) -> float:
+    """ER-SDE's default noise scaler (Cui et al., 2023): φ(ℓ) = ℓ·(e^{ℓ^0.3} + 10)."""
+    return ell * (math.exp(ell ** 0.3) + 10.0)
+
+
+@pytest.mark.parametrize("flow", [False, True])
+def test_er_sde_noise_and_noise_scaler(flow):
+    """With denoised = 0 an ER-SDE step is x' = (α'/α)(φ(ℓ')/φ(ℓ))·x + α'·√(ℓ'² - ℓ²(φ(ℓ')/φ(ℓ))²)·noise,
+    ℓ = σ/α the noise-to-signal ratio; one generator draw per step."""
+    ms = FlowSampling(mu=None) if flow else SD
+    sigmas = ksampler_sigmas(ms, "er_sde", "simple" if flow else "karras", 6)
+    x, calls, out = _run("er_sde", sigmas, ms=ms)
+    noise = _generator_draws(SEED + 1, 5)
+    s = [float(v) for v in sigmas]
+    if flow:
+        s[0] = ms.percent_to_sigma(1e-4)  # σ = 1 has ℓ = ∞: ComfyUI starts at the 0.01 % point
+        assert calls[0][1] == pytest.approx(s[0])
+    alpha = [(1 - v) if flow else 1.0 for v in s]
+    ell = [v / a for v, a in zip(s, alpha)]
+    expected = x.double()
+    for i in range(5):
+        r = _er_sde_noise_scaler(ell[i + 1]) / _er_sde_noise_scaler(ell[i])
+        spread = math.sqrt(max(ell[i + 1] ** 2 - ell[i] ** 2 * r ** 2, 0.0))
+        expected = (alpha[i + 1] / alpha[i]) * r * expected + alpha[i + 1] * spread * noise[i].double()
+        torch.testing.assert_close(calls[i + 1][0].double(), expected, rtol=1e-4, atol=1e-4)
+    assert torch.equal(out, torch.zeros_like(out))
+
+
+def test_seeds_noise_carries_over_between_stages():
+    """SEEDS-2/3 (η = 1), denoised = 0: each stage u decays x by (σ_u/σ)e^{-r_u h} and holds the noise
+    σ_u·n_u, n_u = n_prev·e^{(r_prev - r_u)h} + √(1 - e^{2(r_prev - r_u)h})·(fresh draw); λ = -log σ."""
+    for sampler, fractions in (("seeds_2", [0.5, 1.0]), ("seeds_3", [1 / 3, 2 / 3, 1.0])):
+        sigmas = ksampler_sigmas(SD, sampler, "karras", 4)
+        x, calls, out = _run(sampler, sigmas)
+        draws = iter(_generator_draws(SEED + 1, 3 * len(fractions)))
+        state, call = x.double(), 0
+        for i in range(3):  # the steps before the last
+            s, s_next = float(sigmas[i]), float(sigmas[i + 1])
+            h = math.log(s / s_next)
+            assert calls[call][1] == pytest.approx(s, rel=1e-5)
+            carried, previous = None, 0.0
+            for r in fractions:
+                sigma_u = s * math.exp(-r * h)
+                fresh = next(draws).double()
+                if carried is None:
+                    carried = math.sqrt(-math.expm1(-2 * r * h)) * fresh
+                else:
+                    seg = (previous - r) * h
+                    carried = carried * math.exp(seg) + math.sqrt(-math.expm1(2 * seg)) * fresh
+                staged = (sigma_u / s) * math.exp(-r * h) * state + sigma_u * carried
+                call += 1
+                if r < 1.0:  # an intermediate stage: the model is called there
+                    assert calls[call][1] == pytest.approx(sigma_u, rel=1e-5)
+                    torch.testing.assert_close(calls[call][0].double(), staged, rtol=1e-4, atol=1e-4)
+                previous = r
+            state = staged
+            torch.testing.assert_close(calls[call][0].double(), state, rtol=1e-4, atol=1e-4)
+        assert len(calls) == call + 1 and torch.equal(out, torch.zeros_like(out))
+
+
+@pytest.mark.parametrize("sampler", ["sa_solver", "sa_solver_pece"])
+def test_sa_solver_noise_only_inside_its_tau_interval(sampler):
+    """SA-Solver with τ = 1 for σ between the model's 20 % and 80 % timestep points (else 0) and
+    denoised = 0: x' = (σ'/σ)e^{-τ²h}·x + σ'√(1 - e^{-2τ²h})·noise, h = λ' - λ; a draw only where τ > 0."""
+    sigmas = ksampler_sigmas(SD, sampler, "karras", 12)
+    x, calls, out = _run(sampler, sigmas)
+    hi, lo = SD.percent_to_sigma(0.2), SD.percent_to_sigma(0.8)
+    s = [float(v) for v in sigmas]
+    taus = [1.0 if hi >= v >= lo else 0.0 for v in s]
+    assert 0 < sum(taus[1:-1]) < len(s) - 2  # the interval holds some of the steps, not all
+    draws = iter(_generator_draws(SEED + 1, len(s)))
+    expected = x.double()
+    inputs = [c[0] for c in calls[::2]] if sampler == "sa_solver_pece" else [c[0] for c in calls]
+    for i in range(len(s) - 2):
+        tau = taus[i + 1]
+        h = math.log(s[i] / s[i + 1])
+        expected = (s[i + 1] / s[i]) * math.exp(-tau ** 2 * h) * expected
+        if tau > 0:
+            expected = expected + s[i + 1] * math.sqrt(-math.expm1(-2 * tau ** 2 * h)) * next(draws).double()
+        torch.testing.assert_close(inputs[i + 1].double(), expected, rtol=1e-4, atol=1e-4)
+    assert torch.equal(out, torch.zeros_like(out))
+
+
+# samplers that draw no step noise: the seed only enters through the initial noise
+NOISELESS = {"euler", "euler_cfg_pp", "heun", "heunpp2", "dpm_2", "lms", "dpm_fast", "dpm_adaptive", "dpmpp_2m",
+             "dpmpp_2m_cfg_pp", "ipndm", "ipndm_v", "deis", "res_multistep", "res_multistep_cfg_pp",
+             "gradient_estimation", "gradient_estimation_cfg_pp", "ddim", "uni_pc", "uni_pc_bh2"}
+
+
+@pytest.mark.parametrize("sampler", sorted(SAMPLER_FUNCTIONS))
+def test_step_noise_comes_from_the_seed_exactly_where_comfyui_draws_it(sampler):
+    """The same start with two seeds: identical results for the samplers that draw no step noise,
+    different ones for those that do (and the same seed twice: identical)."""
+    ms = SD
+    sigmas = ksampler_sigmas(ms, sampler, "karras", 5)
+    x = initial_noise((1, 4, 8, 8), 0) * float(sigmas[0])
+
+    def run(seed: int) -> torch.Tensor:
+        model = GaussianDenoiser(False)
+        return SAMPLER_FUNCTIONS[sampler](model, x.clone(), sigmas.clone(), SamplerEnv(model_sampling=ms, seed=seed))
+
+    a, b, c = run(1), run(1), run(2)
+    assert torch.equal(a, b)
+    assert torch.equal(a, c) == (sampler in NOISELESS)
 
 
 def test_ddpm_and_lcm_step_noise():
@@ -234,9 +361,11 @@ class GaussianDenoiser:
 
 
 # LCM is a consistency-model sampler: with a plain denoiser it shrinks the samples by design; ComfyUI's
-# DDPM steps in variance-preserving space, which is not the flow models' process (it diverges there too)
+# DDPM steps in variance-preserving space, which is not the flow models' process (it diverges there too),
+# and its RES ancestral steps re-noise flow models like SD ones (see the test above)
+_NOT_FOR_FLOW = {"ddpm", "res_multistep_ancestral", "res_multistep_ancestral_cfg_pp"}
 _DISTRIBUTION_CASES = [(s, f) for s in sorted(SAMPLER_FUNCTIONS) for f in (False, True)
-                       if s != "lcm" and not (s == "ddpm" and f)]
+                       if s != "lcm" and not (s in _NOT_FOR_FLOW and f)]
 
 
 @pytest.mark.parametrize("sampler,flow", _DISTRIBUTION_CASES,

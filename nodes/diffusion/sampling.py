@@ -15,7 +15,9 @@
    scale``) unless it is all zeros (an empty latent stays zero).
 3. **Denoiser.**  ``model(x, σ)``: the model's input scaling, the timestep nearest σ, classifier-free
    guidance (:mod:`nodes.diffusion.guidance`, uncond and cond rows in one batched call; cfg 1 skips
-   the uncond pass) and the model's output → denoised conversion.
+   the uncond pass) and the model's output → denoised conversion.  The CFG++ samplers call
+   ``model.with_uncond(x, σ)`` instead, which also returns the unconditional estimate (the uncond pass
+   runs even at cfg 1; zeros without negative conditioning, as in ComfyUI).
 4. **Inpainting** (LATENT ``noise_mask``, 1 = repaint, resized bilinearly to the latent): before every
    model call the kept region of ``x`` is replaced by the input latent noised to the current σ with
    the run's initial noise (``ddim``: separate noise from seed + 1), and the denoised estimate's kept
@@ -186,6 +188,20 @@ class Denoiser:
         self._last: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (x, denoised, output)
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return self._evaluate(x, sigma, keep_uncond=False)[0]
+
+    def with_uncond(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(denoised, uncond_denoised) of one call, for the CFG++ samplers.
+
+        As in ComfyUI: the negative side is evaluated even at cfg 1 (in the same batched call); the
+        unconditional estimate is taken before the inpainting blend; with no negative conditioning
+        (BasicGuider) it is zeros, which is what ComfyUI's batch of an absent conditioning yields.
+        """
+        denoised, uncond = self._evaluate(x, sigma, keep_uncond=True)
+        return denoised, uncond if uncond is not None else torch.zeros_like(denoised)
+
+    def _evaluate(self, x: torch.Tensor, sigma: torch.Tensor,
+                  keep_uncond: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.check_interrupted is not None:
             self.check_interrupted()
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(())
@@ -196,14 +212,18 @@ class Denoiser:
         model_in = self.ms.calculate_input(sigma, x).to(self.dtype)
         t = self.ms.denoiser_timestep(sigma).to(x.device)
         percent = self.ms.sigma_to_percent(float(sigma))
-        out = G.guided_prediction(self.adapter, model_in, t, self.positive, self.negative, self.cfg, percent)
+        out, uncond_out = G.guided_prediction_and_uncond(self.adapter, model_in, t, self.positive, self.negative,
+                                                         self.cfg, percent, keep_uncond=keep_uncond)
         out = out.float()
         self.calls += 1
         denoised = self.ms.calculate_denoised(sigma, out, x)
+        uncond = None
+        if keep_uncond and uncond_out is not None:
+            uncond = self.ms.calculate_denoised(sigma, uncond_out.float(), x)
         if self.mask is not None:
             denoised = denoised * self.mask + self.latent * (1.0 - self.mask)
         self._last = (x_in, denoised, out) if self.mask is None else None
-        return denoised
+        return denoised, uncond
 
     def derivative(self, x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
         """(x - denoised)/σ; for flow models the predicted velocity itself when it is that quantity."""

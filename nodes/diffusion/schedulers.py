@@ -3,8 +3,8 @@
 ComfyUI names a sampling run with two words: a *sampler* (the solver: ``euler``, ``dpmpp_2m`` …)
 and a *scheduler* (how the noise levels are spaced: ``normal``, ``karras`` …).  Any sampler runs
 with any scheduler on any model kind, as in ComfyUI; the samplers live in
-:mod:`nodes.diffusion.k_samplers`.  A sampler name we do not implement is refused with the list of
-those we do (:func:`check_sampler`), never silently replaced.
+:mod:`nodes.diffusion.k_samplers` (all of ComfyUI's 42 names).  A name ComfyUI does not have is refused
+with the list of those that run (:func:`check_sampler`), never silently replaced.
 
 The schedules (:func:`calculate_sigmas`) follow ComfyUI's ``comfy/samplers.py`` formulas; each
 returns ``steps + 1`` descending sigmas ending with 0 (``normal`` on a zero-terminal-SNR model and
@@ -52,12 +52,9 @@ SCHEDULER_NAMES: tuple[str, ...] = (
     "kl_optimal",
 )
 
-# The samplers implemented in nodes.diffusion.k_samplers (kept here as names so validation stays light).
-IMPLEMENTED_SAMPLERS: frozenset[str] = frozenset({
-    "euler", "euler_ancestral", "heun", "dpm_2", "dpm_2_ancestral", "lms", "dpmpp_2s_ancestral", "dpmpp_sde",
-    "dpmpp_sde_gpu", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu",
-    "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm", "lcm", "ddim", "uni_pc", "uni_pc_bh2",
-})
+# Every ComfyUI sampler name is implemented (nodes.diffusion.k_samplers; kept here as names so
+# validation stays light); check_sampler still refuses a name ComfyUI does not have.
+IMPLEMENTED_SAMPLERS: frozenset[str] = frozenset(SAMPLER_NAMES)
 # KSampler computes one more step for these and drops the next-to-last sigma (ComfyUI's rule)
 DISCARD_PENULTIMATE_SIGMA_SAMPLERS = frozenset({"dpm_2", "dpm_2_ancestral", "uni_pc", "uni_pc_bh2"})
 MODEL_KINDS: tuple[str, ...] = ("eps", "v_prediction", "flow")

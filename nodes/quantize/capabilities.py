@@ -39,8 +39,8 @@ DESCRIPTIONS = {
     NONE: "full precision (the model's compute dtype)",
     BNB_NF4: "bitsandbytes 4-bit NormalFloat Linear layers (≈0.56 bytes per weight)",
     BNB_INT8: "bitsandbytes LLM.int8() Linear layers (1 byte per weight)",
-    FP8_E4M3FN: "fp8 e4m3fn storage, computed in bf16/fp32 (1 byte per weight, all layers)",
-    FP8_E5M2: "fp8 e5m2 storage, computed in bf16/fp32 (1 byte per weight, all layers)",
+    FP8_E4M3FN: "fp8 e4m3fn storage, computed in bf16/fp32 (1 byte per weight, every Linear and Conv layer)",
+    FP8_E5M2: "fp8 e5m2 storage, computed in bf16/fp32 (1 byte per weight, every Linear and Conv layer)",
     INT8_WEIGHT_ONLY: "torchao int8 weight-only Linear layers (1 byte per weight)",
 }
 

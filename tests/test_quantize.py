@@ -163,6 +163,28 @@ def test_fp8_loader_keeps_fp8_storage_through_sampling(setup):
     assert model.denoiser.x_embedder.weight.dtype == torch.float8_e4m3fn  # not upcast by the sampler
 
 
+def test_fp8_fast_loader_multiplies_in_fp8_through_sampling(setup, monkeypatch):
+    from nodes.quantize.methods import FP8MatmulLinear
+
+    ctx, loaded = setup
+    d = loaded["flux"]
+    real, calls = torch._scaled_mm, []
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].dtype)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "_scaled_mm", counting)
+    model = L.UNETLoader().execute(ctx, "tiny-flux-dev.safetensors", "fp8_e4m3fn_fast")[0]
+    assert model.quantization == "fp8_e4m3fn" and model.sampling["weight_dtype"] == "fp8_e4m3fn_fast"
+    fast = [m for m in model.denoiser.modules() if isinstance(m, FP8MatmulLinear)]
+    assert fast and all(m.weight.dtype == torch.float8_e4m3fn for m in fast)
+    out = sample(ctx, model, d["pos"], d["neg"], d["latent"])
+    assert calls and set(calls) == {torch.float8_e4m3fn}  # the products really ran in fp8
+    assert rel(out, d["ref"]) < TOL["fp8_e4m3fn"]
+    assert model.weights is not L.UNETLoader().execute(ctx, "tiny-flux-dev.safetensors", "fp8_e4m3fn")[0].weights
+
+
 def _quantize_prompt(method: str) -> dict:
     return {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny-sd15.safetensors"}},
             "2": {"class_type": "QuantizeModel", "inputs": {"model": ["1", 0], "method": method}},

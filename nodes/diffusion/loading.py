@@ -179,7 +179,15 @@ def _denoiser_loader(path: Path, detected: Detected, dtype: torch.dtype, device:
         denoiser = _build_denoiser(path, detected, sd, dtype)
         del sd
         storage = FP8_STORAGE.get(weight_dtype)
-        if storage is not None:
+        if weight_dtype == "fp8_e4m3fn_fast":  # Linear products in fp8 (torch._scaled_mm), where the device can
+            from nodes.quantize.capabilities import fp8_matmul_refusal
+            from nodes.quantize.methods import fp8_matmul
+
+            refused = fp8_matmul_refusal(str(device))
+            if refused:
+                raise LoadError(f"{path.name}: {refused}")
+            fp8_matmul(denoiser, dtype)
+        elif storage is not None:
             # weights stored in fp8, upcast layer by layer at compute time (diffusers layerwise casting)
             from nodes.quantize.methods import fp8_storage
 

@@ -62,6 +62,70 @@ def fp8_storage(module: torch.nn.Module, storage: torch.dtype, compute: torch.dt
     apply_layerwise_casting(module, storage_dtype=storage, compute_dtype=compute, skip_modules_pattern=skip)
 
 
+FP8_E4M3_MAX = 448.0  # the largest finite float8_e4m3fn
+
+
+def fp8_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, compute: torch.dtype) -> torch.Tensor:
+    """``x @ weight.T + bias`` with the product computed in fp8 (``torch._scaled_mm``).
+
+    ``weight`` is stored in float8_e4m3fn as is (scale 1, as ComfyUI's fp8 ``weight_dtype`` stores
+    it); the activations are scaled per tensor into e4m3fn's range (amax → 448), cast, and the
+    scale is given back by ``_scaled_mm``; the result comes out in ``compute``.  Shapes the kernel
+    cannot take (feature counts not multiples of 16) fall back to upcasting the weight.
+    """
+    rows = x.reshape(-1, x.shape[-1])
+    out_features, in_features = weight.shape
+    if in_features % 16 or out_features % 16 or rows.shape[0] == 0:
+        return torch.nn.functional.linear(x.to(compute), weight.to(compute), None if bias is None else bias.to(compute))
+    amax = rows.detach().abs().amax().float()
+    scale = torch.clamp(amax / FP8_E4M3_MAX, min=1e-12)
+    xq = (rows.float() / scale).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn)
+    one = torch.ones((), device=x.device, dtype=torch.float32)
+    out = torch._scaled_mm(xq, weight.t(), scale_a=scale, scale_b=one, out_dtype=compute)
+    if bias is not None:
+        out = out + bias.to(compute)
+    return out.reshape(*x.shape[:-1], out_features)
+
+
+class FP8MatmulLinear(torch.nn.Linear):
+    """A Linear whose float8_e4m3fn weight is multiplied in fp8 (``fp8_e4m3fn_fast``): see :func:`fp8_linear`."""
+
+    compute_dtype: torch.dtype = torch.float32
+
+    @classmethod
+    def like(cls, lin: torch.nn.Linear, compute: torch.dtype) -> "FP8MatmulLinear":
+        new = cls(lin.in_features, lin.out_features, bias=lin.bias is not None, device="meta")
+        new.weight = torch.nn.Parameter(lin.weight.data.to(torch.float8_e4m3fn), requires_grad=False)
+        if lin.bias is not None:
+            new.bias = torch.nn.Parameter(lin.bias.data, requires_grad=False)
+        new.compute_dtype = compute
+        return new.requires_grad_(False)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return fp8_linear(inputs, self.weight, self.bias, self.compute_dtype)
+
+
+def fp8_matmul(module: torch.nn.Module, compute: torch.dtype) -> int:
+    """``fp8_e4m3fn_fast``: every Linear stored in e4m3fn *and multiplied in fp8* (:class:`FP8MatmulLinear`),
+    every other layer fp8 storage as :func:`fp8_storage` (convs upcast as they run).  The caller checks
+    that the device can (:func:`capabilities.fp8_matmul_refusal`); returns how many Linears multiply in fp8.
+    """
+    from diffusers.hooks import apply_layerwise_casting
+
+    skip = DIFFUSERS_FP8_SKIP
+    count = 0
+    with torch.no_grad():
+        for parent_name, parent in list(module.named_modules()):
+            for name, child in list(parent.named_children()):
+                full = f"{parent_name}.{name}" if parent_name else name
+                if type(child) is torch.nn.Linear and not any(p in full for p in skip):
+                    setattr(parent, name, FP8MatmulLinear.like(child, compute))
+                    count += 1
+    apply_layerwise_casting(module, storage_dtype=torch.float8_e4m3fn, compute_dtype=compute,
+                            skip_modules_pattern=skip, skip_modules_classes=(FP8MatmulLinear,))
+    return count
+
+
 def _linear_children(module: torch.nn.Module, skip: tuple[str, ...]) -> list[tuple[torch.nn.Module, str, str, torch.nn.Linear]]:
     keep = tuple(getattr(module, "_keep_in_fp32_modules", None) or ())  # e.g. T5's "wo"
     found = []

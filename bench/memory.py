@@ -383,8 +383,16 @@ def fmt_gb(n: float | None) -> str:
     return "–" if n is None else f"{n / GB:.2f}"
 
 
+def _full_depth(r: dict, base: dict | None) -> str:
+    full = r.get("full_depth_bytes")
+    if full is None:
+        return "–"
+    ratio = f" ({full / base['full_depth_bytes']:.3f})" if base and base.get("full_depth_bytes") else ""
+    return fmt_gb(full) + ratio
+
+
 def table1(rows: list[dict]) -> str:
-    lines = ["| arch | method | weight GB | × fp32 | RSS GB | peak GB | s/step | × time | FLUX full depth GB |",
+    lines = ["| arch | method | weight GB | × fp32 | RSS GB | peak GB | s/step | × time | FLUX full depth GB (× fp32) |",
              "|---|---|---|---|---|---|---|---|---|"]
     base = {r["arch"]: r for r in rows if r.get("method") == "none" and "error" not in r}
     for r in rows:
@@ -396,7 +404,7 @@ def table1(rows: list[dict]) -> str:
         tratio = f"{r['step_s'] / b['step_s']:.2f}" if b else "–"
         lines.append(f"| {r['arch']}{' (reduced)' if r['arch'] == 'flux' else ''} | {r['method']} | "
                      f"{fmt_gb(r['weight_bytes'])} | {ratio} | {fmt_gb(r['rss'])} | {fmt_gb(r['peak'])} | "
-                     f"{r['step_s']:.2f} | {tratio} | {fmt_gb(r.get('full_depth_bytes'))} |")
+                     f"{r['step_s']:.2f} | {tratio} | {_full_depth(r, b)} |")
     return "\n".join(lines)
 
 

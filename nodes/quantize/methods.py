@@ -23,7 +23,10 @@ from nodes.quantize import capabilities as caps
 log = logging.getLogger(__name__)
 
 FP8 = {caps.FP8_E4M3FN: torch.float8_e4m3fn, caps.FP8_E5M2: torch.float8_e5m2}
-# Linear layers kept in full precision: tiny or numerically sensitive (output heads, embedders' norms).
+# Linear layers kept in full precision: the model's own input and output layers (embedders, output heads:
+# tiny or numerically sensitive).  Each name is a *top-level* module (``proj_out`` is FLUX's and a UNet's
+# final projection, not the ``proj_out`` inside every FLUX single block or UNet transformer, which are a
+# third of FLUX's weights): see :func:`_skipped`.
 _SKIP_LINEAR = ("proj_out", "lm_head", "norm_out", "time_embedding", "time_text_embed", "time_embed", "timestep",
                 "conv_in", "conv_out", "patch_embedding", "position_embedding", "x_embedder", "context_embedder")
 
@@ -126,13 +129,18 @@ def fp8_matmul(module: torch.nn.Module, compute: torch.dtype) -> int:
     return count
 
 
+def _skipped(full: str, skip: tuple[str, ...]) -> bool:
+    """Whether the layer named ``full`` is ``skip``'s module or inside it (names from the model's top)."""
+    return any(full == s or full.startswith(s + ".") for s in skip)
+
+
 def _linear_children(module: torch.nn.Module, skip: tuple[str, ...]) -> list[tuple[torch.nn.Module, str, str, torch.nn.Linear]]:
     keep = tuple(getattr(module, "_keep_in_fp32_modules", None) or ())  # e.g. T5's "wo"
     found = []
     for parent_name, parent in module.named_modules():
         for name, child in parent.named_children():
             full = f"{parent_name}.{name}" if parent_name else name
-            if type(child) is torch.nn.Linear and not any(s in full for s in skip) and name not in keep:
+            if type(child) is torch.nn.Linear and not _skipped(full, skip) and name not in keep:
                 found.append((parent, name, full, child))
     return found
 

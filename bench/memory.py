@@ -111,53 +111,80 @@ def build(arch: str):
     return model
 
 
-def step_fn(arch: str, model, latent: int):
+def step_fn(arch: str, model, latent: int, device=None, dtype=None):
     import torch
+
+    def put(t):
+        return t.to(device=device, dtype=dtype if t.is_floating_point() else None)
 
     if arch == "flux":
         tokens = (latent // 2) ** 2
-        x = torch.randn(2, tokens, 64)
-        ids = torch.zeros(tokens, 3)
-        kw = dict(encoder_hidden_states=torch.randn(2, 256, 4096), pooled_projections=torch.randn(2, 768),
-                  timestep=torch.tensor([0.5, 0.5]), img_ids=ids, txt_ids=torch.zeros(256, 3),
-                  guidance=torch.tensor([3.5, 3.5]), return_dict=False)
+        x = put(torch.randn(2, tokens, 64))
+        ids = put(torch.zeros(tokens, 3))
+        kw = dict(encoder_hidden_states=put(torch.randn(2, 256, 4096)), pooled_projections=put(torch.randn(2, 768)),
+                  timestep=put(torch.tensor([0.5, 0.5])), img_ids=ids, txt_ids=put(torch.zeros(256, 3)),
+                  guidance=put(torch.tensor([3.5, 3.5])), return_dict=False)
         return lambda: model(hidden_states=x, **kw)
-    x = torch.randn(2, 4, latent, latent)
-    ehs = torch.randn(2, 77, 768 if arch == "sd15" else 2048)
-    extra = {} if arch == "sd15" else {"added_cond_kwargs": {"text_embeds": torch.randn(2, 1280),
-                                                             "time_ids": torch.randn(2, 6)}}
-    return lambda: model(x, torch.tensor([500, 500]), encoder_hidden_states=ehs, return_dict=False, **extra)
+    x = put(torch.randn(2, 4, latent, latent))
+    ehs = put(torch.randn(2, 77, 768 if arch == "sd15" else 2048))
+    extra = {} if arch == "sd15" else {"added_cond_kwargs": {"text_embeds": put(torch.randn(2, 1280)),
+                                                             "time_ids": put(torch.randn(2, 6))}}
+    t = put(torch.tensor([500.0, 500.0]))
+    return lambda: model(x, t, encoder_hidden_states=ehs, return_dict=False, **extra)
 
 
-def child(arch: str, method: str, latent: int, steps: int) -> dict:
+def child(arch: str, method: str, latent: int, steps: int, device_name: str = "cpu") -> dict:
+    """One architecture × one method on ``device_name``: on the CPU in fp32; on a CUDA GPU in the runtime's
+    compute dtype (bf16 where supported), quantized there as ``QuantizeModel`` does (the base is cast to the
+    compute dtype first), peak = torch's allocator high-water mark on the device."""
     import torch
 
-    from nodes.devices import module_bytes
+    from nodes.devices import module_bytes, precision
     from nodes.quantize.methods import quantize_module
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    device = torch.device(device_name)
+    cuda = device.type == "cuda"
+    compute = precision("denoiser", device)
     base_rss = settle()
     model = build(arch)
-    full_bytes = module_bytes([model])
+    full_bytes = module_bytes([model])  # fp32
+    fp32_blocks = ({"double": module_bytes([model.transformer_blocks[0]]),
+                    "single": module_bytes([model.single_transformer_blocks[0]])} if arch == "flux" else {})
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+        model.to(dtype=compute)
     if method != "none":
-        quantize_module(model, method, torch.float32, torch.device("cpu"))
+        quantize_module(model, method, compute, device)
+    else:
+        model.to(device=device)
     weight_bytes = module_bytes([model])
     rss = settle() - base_rss
-    run = step_fn(arch, model, latent)
+    run = step_fn(arch, model, latent, device, compute)
     times = []
     with torch.inference_mode():
         run()
         for _ in range(steps):
+            if cuda:
+                torch.cuda.synchronize(device)
             t0 = time.perf_counter()
             run()
+            if cuda:
+                torch.cuda.synchronize(device)
             times.append(time.perf_counter() - t0)
-    out = {"arch": arch, "method": method, "full_bytes": full_bytes, "weight_bytes": weight_bytes,
-           "rss": rss, "peak": _status("VmHWM") - base_rss, "step_s": statistics.median(times)}
+    out = {"arch": arch, "method": method, "device": device.type, "dtype": str(compute).replace("torch.", ""),
+           "full_bytes": full_bytes, "weight_bytes": weight_bytes, "rss": rss,
+           "peak": torch.cuda.max_memory_allocated(device) if cuda else _status("VmHWM") - base_rss,
+           "step_s": statistics.median(times)}
     if arch == "flux":  # extrapolate to 19 + 38 blocks from the per-block bytes of the reduced model
         blocks = {"double": model.transformer_blocks[0], "single": model.single_transformer_blocks[0]}
         per = {k: module_bytes([m]) for k, m in blocks.items()}
         shared = weight_bytes - per["double"] * FLUX_REDUCED[0] - per["single"] * FLUX_REDUCED[1]
         out["full_depth_bytes"] = shared + per["double"] * FLUX_FULL[0] + per["single"] * FLUX_FULL[1]
+        # the same extrapolation of the fp32 model (measured before quantizing)
+        count = fp32_blocks
+        fp32_shared = full_bytes - count["double"] * FLUX_REDUCED[0] - count["single"] * FLUX_REDUCED[1]
+        out["full_depth_fp32_bytes"] = fp32_shared + count["double"] * FLUX_FULL[0] + count["single"] * FLUX_FULL[1]
     return out
 
 
@@ -383,28 +410,32 @@ def fmt_gb(n: float | None) -> str:
     return "–" if n is None else f"{n / GB:.2f}"
 
 
-def _full_depth(r: dict, base: dict | None) -> str:
+def _full_depth(r: dict) -> str:
+    """FLUX at its real depth: bytes extrapolated from the reduced model, and their ratio to fp32 there."""
     full = r.get("full_depth_bytes")
     if full is None:
         return "–"
-    ratio = f" ({full / base['full_depth_bytes']:.3f})" if base and base.get("full_depth_bytes") else ""
+    fp32_full = r.get("full_depth_fp32_bytes")
+    ratio = f" ({full / fp32_full:.3f})" if fp32_full else ""
     return fmt_gb(full) + ratio
 
 
 def table1(rows: list[dict]) -> str:
-    lines = ["| arch | method | weight GB | × fp32 | RSS GB | peak GB | s/step | × time | FLUX full depth GB (× fp32) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| arch | method | weight GB | × fp32 | × unquantized | RSS GB | peak GB | s/step | × time | "
+             "FLUX full depth GB (× fp32) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     base = {r["arch"]: r for r in rows if r.get("method") == "none" and "error" not in r}
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['arch']} | {r['method']} | failed: {r['error']} |||||||")
+            lines.append(f"| {r['arch']} | {r['method']} | failed: {r['error']} ||||||||")
             continue
         b = base.get(r["arch"])
-        ratio = f"{r['weight_bytes'] / b['weight_bytes']:.3f}" if b else "–"
+        ratio = f"{r['weight_bytes'] / r['full_bytes']:.3f}"  # against the fp32 weights
+        uratio = f"{r['weight_bytes'] / b['weight_bytes']:.3f}" if b else "–"
         tratio = f"{r['step_s'] / b['step_s']:.2f}" if b else "–"
         lines.append(f"| {r['arch']}{' (reduced)' if r['arch'] == 'flux' else ''} | {r['method']} | "
-                     f"{fmt_gb(r['weight_bytes'])} | {ratio} | {fmt_gb(r['rss'])} | {fmt_gb(r['peak'])} | "
-                     f"{r['step_s']:.2f} | {tratio} | {_full_depth(r, b)} |")
+                     f"{fmt_gb(r['weight_bytes'])} | {ratio} | {uratio} | {fmt_gb(r['rss'])} | {fmt_gb(r['peak'])} | "
+                     f"{r['step_s']:.2f} | {tratio} | {_full_depth(r)} |")
     return "\n".join(lines)
 
 
@@ -412,6 +443,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--archs", nargs="+", default=list(ARCHS), choices=ARCHS)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--device", nargs="+", default=None, choices=("cpu", "cuda"),
+                        help="where table 1 runs (default: the CPU, and the CUDA GPU when one is present)")
     parser.add_argument("--latent", type=int, default=32, help="latent side (32 = 256 px images)")
     parser.add_argument("--steps", type=int, default=2, help="timed denoiser calls after one warm-up")
     parser.add_argument("--two-checkpoints-only", action="store_true")
@@ -433,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--two-child", metavar="WORKDIR", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.child[0], args.child[1], args.latent, args.steps)))
+        print(json.dumps(child(args.child[0], args.child[1], args.latent, args.steps, (args.device or ["cpu"])[0])))
         return 0
     if args.two_child:
         print(json.dumps(two_checkpoints(Path(args.two_child), tuple(args.ckpt_channels), args.budget_mb)))
@@ -457,15 +490,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.vlm_llm_only:
         return 0
     if not args.two_checkpoints_only:
-        rows = []
-        for arch in args.archs:
-            for method in args.methods:
-                r = run_child(["--child", arch, method, "--latent", str(args.latent), "--steps", str(args.steps)],
-                              args.timeout)
-                rows.append({"arch": arch, "method": method, **r})
-                print(f"  {arch} {method}: {r}", file=sys.stderr, flush=True)
-        print(f"\nDenoisers on CPU, fp32 compute, CFG batch 2, {args.latent * 8}² px, {os.environ.get('OMP_NUM_THREADS', '1')} thread(s)")
-        print(table1(rows))
+        for device in args.device or (["cpu", "cuda"] if _has_cuda() else ["cpu"]):
+            rows = []
+            for arch in args.archs:
+                for method in args.methods:
+                    r = run_child(["--child", arch, method, "--device", device, "--latent", str(args.latent),
+                                   "--steps", str(args.steps)], args.timeout)
+                    rows.append({"arch": arch, "method": method, **r})
+                    print(f"  {device} {arch} {method}: {r}", file=sys.stderr, flush=True)
+            what = (f"on CPU, fp32 compute, {os.environ.get('OMP_NUM_THREADS', '1')} thread(s)" if device == "cpu" else
+                    "on the CUDA GPU, in its compute dtype (× fp32: against the fp32 weights; × time and the ratios of "
+                    "the unquantized row against the bf16/fp16 model); peak = torch's allocator high-water mark")
+            print(f"\nDenoisers {what}, CFG batch 2, {args.latent * 8}² px")
+            print(table1(rows))
     if not args.skip_two_checkpoints:
         with tempfile.TemporaryDirectory(prefix="genesis-bench-mem-") as tmp:
             channels = [str(c) for c in args.ckpt_channels]

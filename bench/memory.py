@@ -5,7 +5,8 @@
     .venv/bin/python bench/memory.py --two-checkpoints-only
 
 Table 1 — per architecture (random weights, real shapes) and quantization method, each in its own
-subprocess: *weight bytes* (what the model manager accounts, :func:`nodes.devices.module_bytes`),
+subprocess, on the CPU in fp32 and, when a CUDA GPU is present, again on it in its compute dtype
+(``--device``; there *peak* is torch's allocator high-water mark): *weight bytes* (what the model manager accounts, :func:`nodes.devices.module_bytes`),
 *RSS* after building + quantizing (settled: gc + malloc_trim), *peak RSS* (kernel high-water mark over
 build, quantization and the timed steps), *s/step* (median of the denoiser forward with CFG batch 2 at
 the given latent size, after one warm-up), and the ratios to the unquantized row.

@@ -16,7 +16,7 @@ Euler's is σ_max·noise — with that start the chains are bit-exact, per ``tes
   256, 256, 4 steps, cfg 7.5, generator=cpu seed)``, default PIL output;
 * **executor** — the API prompt ``CheckpointLoaderSimple → CLIPTextEncode ×2 → EmptyLatentImage →
   KSampler(euler, normal, cfg 7.5) → VAEDecode → PreviewImage``, validated by ``PromptValidator`` and
-  run by ``graph_runtime.executor.Executor`` over ``build_registry()`` (all built-in packs);
+  run by ``graph_runtime.executor.Executor`` over ``build_registry(PACKS)`` (all built-in packs);
 * **http** — the same prompt POSTed to ``/prompt`` of a live ``web.app.create_app(Runtime(...))`` on
   127.0.0.1, waiting on the WebSocket for ``executing`` with ``node: null`` (previews included); the
   runtime options are ``server.py``'s defaults (what ``./run.sh`` with no arguments runs: device auto,
@@ -349,13 +349,14 @@ class ExecutorSide(Side):
         from graph_runtime.executor import Executor
         from graph_runtime.paths import FolderPaths
         from graph_runtime.registry import build_registry
+        from nodes import PACKS
         from graph_runtime.validation import PromptValidator
 
         self.size = size
         self.paths = FolderPaths(folder / "base")
         self.paths.ensure_dirs()
         options = RuntimeOptions(device="cpu")
-        registry = build_registry()
+        registry = build_registry(PACKS)
         self.validator = PromptValidator(registry, self.paths)
         self.executor = Executor(registry, self.paths, options=options)
         self.watch = Stopwatch()
@@ -438,11 +439,12 @@ class HttpSide(Side):
 
         from graph_runtime.paths import FolderPaths
         from graph_runtime.service import Runtime
+        from server import default_registry
 
         self.size = size
         self.paths = FolderPaths(folder / "base")
         options = server_options()
-        self.runtime = Runtime(self.paths, options)
+        self.runtime = Runtime(self.paths, options, registry=default_registry(self.paths))
         self.watch = Stopwatch()
         preload(self.paths, self.runtime.models, options, self.watch)
         self.server = _Server(self.runtime)

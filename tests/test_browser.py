@@ -17,6 +17,7 @@ from PIL import Image
 
 from graph_runtime.paths import FolderPaths
 from graph_runtime.service import Runtime
+from server import default_registry
 from tests.conftest_models import link_models
 from tests.web_harness import LiveServer
 
@@ -39,7 +40,7 @@ def server(tiny_models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     link_models(tiny_models_dir, base / "models")
     paths = FolderPaths(base)
     paths.ensure_dirs()
-    live = LiveServer(Runtime(paths), probe_torch=False).start()
+    live = LiveServer(Runtime(paths, registry=default_registry(paths)), probe_torch=False).start()
     yield live
     live.stop()
 

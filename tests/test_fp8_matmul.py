@@ -11,6 +11,7 @@ from graph_runtime.context import RuntimeOptions
 from graph_runtime.paths import FolderPaths
 from graph_runtime.registry import build_registry
 from graph_runtime.validation import PromptValidator
+from nodes import PACKS
 from nodes.quantize.capabilities import fp8_matmul_check, fp8_matmul_refusal
 from nodes.quantize.methods import FP8_E4M3_MAX, FP8MatmulLinear, fp8_linear, fp8_matmul
 
@@ -109,7 +110,7 @@ def test_fp8_fast_is_refused_at_validation_where_the_device_cannot(tmp_path, dev
     paths = FolderPaths(tmp_path)
     paths.ensure_dirs()
     (paths.model_dirs("diffusion_models")[0] / "u.safetensors").write_bytes(b"")
-    registry = build_registry()
+    registry = build_registry(PACKS)
     result = PromptValidator(registry, paths, RuntimeOptions(device=device)).validate(_unet_prompt("fp8_e4m3fn_fast"))
     assert result.ok is not refused, result.node_errors
     if refused:

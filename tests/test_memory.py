@@ -139,7 +139,8 @@ def test_free_memory_also_drops_cached_outputs_and_unload_models_keeps_them(tmp_
     import torch
 
     sized, unet_bytes = sized_checkpoints
-    runtime = Runtime(_base(tmp_path, sized), RuntimeOptions(device="cpu"))
+    paths = _base(tmp_path, sized)
+    runtime = Runtime(paths, RuntimeOptions(device="cpu"), registry=default_registry(paths))
     server = LiveServer(runtime, probe_torch=False).start()
     try:
         cuda_before = torch.cuda.memory_allocated() if torch.cuda.is_available() else 0

@@ -191,6 +191,26 @@ def test_tokens_stream_as_growing_text_and_interrupt_keeps_what_was_generated(sm
     assert rec2.texts[-1] == partial + " [interrupted]" and partial in str(info.value)
 
 
+def test_streamed_text_is_sent_at_most_every_100_ms(smollm2, lm_paths) -> None:
+    """With the default interval, progress-text frames are ≥ 100 ms apart (the last one, sent when generation
+    ends, may come sooner); each shows the cumulative text."""
+    import time
+
+    from nodes.language.transformers_lm.generation import STREAM_INTERVAL
+
+    assert STREAM_INTERVAL == 0.1
+    rec = Recorder()
+    stamps: list[float] = []
+    show = rec.progress_text
+    rec.progress_text = lambda node, text: (stamps.append(time.perf_counter()), show(node, text))  # type: ignore
+    ctx = make_ctx(lm_paths, recorder=rec)
+    text, _ = LLMNarrate().execute(ctx, smollm2, "Tell a story about a dragon.", "You are a storyteller.",
+                                   max_new_tokens=32)
+    gaps = [b - a for a, b in zip(stamps, stamps[1:-1])]
+    assert len(stamps) >= 3 and min(gaps) >= 0.1, gaps
+    assert all(len(a) <= len(b) for a, b in zip(rec.texts, rec.texts[1:])) and rec.texts[-1].strip() == text
+
+
 def test_prefix_kv_is_reused_from_the_model_manager_with_identical_output(lm_paths) -> None:
     manager = ModelManager()
     ctx = make_ctx(lm_paths, manager)
@@ -349,6 +369,17 @@ def test_every_loader_works_with_the_network_disabled(lm_paths, monkeypatch) -> 
     for name in ("tiny-qwen2", "tiny-qwen2-draft"):
         llm = LLMLoader().execute(ctx, name)[0].get()
         assert isinstance(LLMNarrate().execute(ctx, llm, "hi", max_new_tokens=2)[0], str)
+    # (GGUF loading with the network disabled: the ``smollm2`` fixture.)  The loaders of the packs' nodes and of ComfyUI's TextGenerate
+    from nodes.language.text_generate import TextGenerate
+    from nodes.loaders import CLIPLoader
+    from nodes.vision_language.compat import AILab_QwenVL, DownloadAndLoadFlorence2Model, Florence2Run
+
+    assert AILab_QwenVL().execute(ctx, "tiny-qwen2.5-vl", max_tokens=64, image=as_tensor(picture(9, (32, 32))))[0]
+    florence, = DownloadAndLoadFlorence2Model().execute(ctx, "tiny-florence-2", precision="fp32")
+    assert Florence2Run().execute(ctx, as_tensor(picture(9, (32, 32))), florence, task="caption", max_new_tokens=3,
+                                  num_beams=1, do_sample=False)[2]
+    clip, = CLIPLoader().execute(ctx, "tiny-qwen2.5-vl-te.safetensors", "qwen_image")
+    assert TextGenerate().execute(ctx, clip, prompt="hi", max_length=3, sampling_mode="off")[0] is not None
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", 9))
 

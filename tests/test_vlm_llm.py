@@ -310,6 +310,20 @@ def test_quantized_llm_generates_and_bad_placements_are_refused_at_validation(lm
     if not torch.cuda.is_available():
         message = LLMLoader.validate_inputs(quantization="bnb_nf4", device="cuda")
         assert isinstance(message, str) and "no CUDA GPU" in message
+        # … and a queued prompt asking for it is refused before it runs, naming the node and the fix
+        from graph_runtime.registry import build_registry
+        from graph_runtime.validation import PromptValidator
+
+        validator = PromptValidator(build_registry(["nodes.text.display", "nodes.language.nodes"]), lm_paths)
+        for method in ("bnb_nf4", "bnb_int8"):
+            prompt = {"1": {"class_type": "LLMLoader", "inputs": {"model_name": "tiny-qwen2", "quantization": method,
+                                                                  "dtype": "auto", "attention": "auto",
+                                                                  "device": "cuda"}},
+                      "2": {"class_type": "LLMNarrate", "inputs": {"llm": ["1", 0], "prompt": "hi"}},
+                      "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 0]}}}
+            checked = validator.validate(prompt)
+            assert not checked.ok and "1" in checked.node_errors
+            assert "no CUDA GPU" in str(checked.node_errors["1"]) and "'cpu'" in str(checked.node_errors["1"])
     assert LLMLoader.validate_inputs(quantization="bnb_nf4", device="cpu") is True
     assert "unknown quantization" in VLMLoader.validate_inputs(quantization="gptq", device="cpu")
 
@@ -332,8 +346,13 @@ def test_caption_folder_resumes_after_an_interrupt_without_duplicate_work(lm_pat
     first = {p.name: p.stat().st_mtime_ns for p in done()}
     assert len(first) == 7 and not list(folder.glob(".*.tmp"))
     ctx._interrupted = lambda: False
+    rec.ticks.clear()
     result = VLMCaptionFolder().execute(ctx, vlm, str(folder), max_new_tokens=4, prefix="ohwx, ")
     captions, written = result.outputs
+    # one progress bar over the 20 images (4 token steps each), moving forward only, ending full
+    assert {total for _, total in rec.ticks} == {80} and rec.ticks[-1] == (80, 80)
+    assert [v for v, _ in rec.ticks] == sorted(v for v, _ in rec.ticks)
+    assert {k * 4 for k in range(1, 21)} <= {v for v, _ in rec.ticks}
     assert written == 13 and len(captions) == 20 and all(c.startswith("ohwx, ") for c in captions)
     assert {p.name: p.stat().st_mtime_ns for p in done() if p.name in first} == first  # untouched
     single = VLMCaption().execute(ctx, vlm, as_tensor(Image.open(folder / "img_03.png").convert("RGB")),

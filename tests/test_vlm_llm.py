@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from graph_runtime.context import Interrupted, NodeError
@@ -257,6 +259,44 @@ def test_prefix_kv_reuse_with_draft_model_and_prompt_lookup_keeps_greedy_output(
                         prompt_lookup_tokens=8)
     assert looked_up.prefix_tokens_reused > 50
     assert looked_up.token_ids == reference_ids(smollm2, system, caption, 24)
+
+
+WORDS = ("the", "red", "lighthouse", "stands", "on", "a", "rocky", "headland", "gulls", "circle", "above", "sea",
+         "boat", "harbour", "waves", "break", "white", "against", "black", "rocks")
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@example(system_words=list(WORDS) * 3, user_words=list(WORDS[:8]), mode="draft", lookup=1, new_tokens=12)
+@example(system_words=list(WORDS) * 3, user_words=list(WORDS[:8]), mode="lookup", lookup=4, new_tokens=12)
+@given(system_words=st.lists(st.sampled_from(WORDS), min_size=2, max_size=60),
+       user_words=st.lists(st.sampled_from(WORDS), min_size=1, max_size=30),
+       mode=st.sampled_from(["plain", "draft", "lookup"]), lookup=st.integers(1, 8), new_tokens=st.integers(1, 12))
+def test_reused_prefix_gives_the_tokens_of_the_path_without_reuse(lm_paths, system_words, user_words, mode, lookup,
+                                                                 new_tokens) -> None:
+    """Differential: a call whose system prefix comes from the model manager's cache (after another call with
+    the same system prompt) equals the same call with no prefix cache at all, for plain greedy, a draft model
+    and prompt lookup — whatever the lengths of the prefix (below or above the reuse threshold) and prompt."""
+    import torch as _torch
+
+    from nodes.language.nodes import chat_prompt_ids
+    from nodes.language.transformers_lm.generation import generate
+
+    manager = ModelManager()
+    ctx = make_ctx(lm_paths, manager)
+    llm = LLMLoader().execute(ctx, "tiny-qwen2")[0].get()
+    draft = LLMLoader().execute(ctx, "tiny-qwen2-draft")[0].get() if mode == "draft" else None
+    system, prompt = " ".join(system_words), " ".join(user_words)
+    kw = {"draft": draft} if mode == "draft" else {"prompt_lookup_tokens": lookup} if mode == "lookup" else {}
+    sampling = Sampling(max_new_tokens=new_tokens)
+    narrate(ctx, llm, "warm " + prompt, system, Sampling(max_new_tokens=1), use_chat_template=True)
+    reused = narrate(ctx, llm, prompt, system, sampling, use_chat_template=True, **kw)
+    ids, _ = chat_prompt_ids(llm, system, prompt, True)
+    inputs = {"input_ids": _torch.tensor([ids]), "attention_mask": _torch.ones(1, len(ids), dtype=_torch.long)}
+    fresh = generate(llm, inputs, sampling, None, prefix_ids=None, models=None, **kw)
+    assert fresh.prefix_tokens_reused == 0
+    if len(system_words) >= 16:  # well above the reuse threshold: the cached prefix really was used
+        assert reused.prefix_tokens_reused > len(system_words)
+    assert reused.token_ids == fresh.token_ids, (mode, reused.prefix_tokens_reused)
 
 
 # -- image token budget ----------------------------------------------------------------------------

@@ -144,6 +144,22 @@ def test_llm_narrate_equals_transformers_generate_plain_draft_and_prompt_lookup(
     assert (text, thinking) == split_thinking(plain.text)
 
 
+@pytest.mark.parametrize("dtype,attention", [("bf16", "eager"), ("fp16", "sdpa"), ("fp32", "eager")])
+def test_dtype_and_attention_options_load_what_they_say(dtype, attention, lm_paths) -> None:
+    """The loader's dtype/attention equal transformers' own ``from_pretrained(dtype=…, attn_implementation=…)``."""
+    from transformers import AutoModelForCausalLM
+
+    ctx = make_ctx(lm_paths, ModelManager())
+    llm = LLMLoader().execute(ctx, "tiny-qwen2", dtype=dtype, attention=attention, device="cpu")[0].get()
+    torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+    assert llm.model.dtype == torch_dtype and llm.model.config._attn_implementation == attention
+    reference = AutoModelForCausalLM.from_pretrained(lm_paths.models_dir / "llm" / "tiny-qwen2", local_files_only=True,
+                                                     dtype=torch_dtype, attn_implementation=attention).eval()
+    system, prompt = "Be brief.", "A cat on a warm windowsill."
+    result = narrate(ctx, llm, prompt, system, Sampling(max_new_tokens=10), use_chat_template=True)
+    assert result.token_ids == reference_ids(type(llm)(model=reference, tokenizer=llm.tokenizer), system, prompt, 10)
+
+
 def test_smollm2_narrate_equals_generate_and_knows_the_capital_of_france(smollm2, lm_paths) -> None:
     ctx = make_ctx(lm_paths)
     system, prompt = "You are a helpful assistant.", "What is the capital of France?"

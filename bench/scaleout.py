@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     registry = make_registry()
     import ray
 
-    if ray.is_initialized():  # a cluster this process already runs (the test session's: tests/test_bench_scaleout.py)
+    if ray.is_initialized():  # a cluster this process already runs (the test session's: tests/test_cluster_bench.py)
         session = RaySession("attached")
     else:  # a local cluster as with --ray local (its reaper ends it even if the bench is killed)
         session = RaySession("local", num_cpus=2, num_gpus=max(counts),

@@ -87,6 +87,8 @@ class Job:
     messages_json: str = field(default="[]", repr=False)
     meta_json: str = field(default="{}", repr=False)
     error_json: str | None = field(default=None, repr=False)
+    owner: str | None = None
+    notes_json: str = field(default="{}", repr=False)
 
     # cached_property works on a frozen dataclass: it writes the instance __dict__
     # directly, not through __setattr__.
@@ -125,6 +127,11 @@ class Job:
         """Error detail of a failed job, else ``None``."""
         return None if self.error_json is None else json.loads(self.error_json)
 
+    @cached_property
+    def notes(self) -> dict[str, Any]:
+        """Facts added after the fact: ``record`` (reproducibility), ``webhook`` (deliveries)."""
+        return json.loads(self.notes_json)
+
     def queue_item(self) -> list[Any]:
         """ComfyUI's 5-array ``[number, prompt_id, prompt, extra_data, outputs_to_execute]``.
 
@@ -137,9 +144,12 @@ class Job:
         return [number, self.prompt_id, self.prompt, self.extra_data, self.outputs_to_execute]
 
     def history_entry(self) -> dict[str, Any]:
-        """ComfyUI's HistoryEntry: ``{prompt, outputs, status{status_str, completed, messages}, meta}``."""
+        """ComfyUI's HistoryEntry: ``{prompt, outputs, status{status_str, completed, messages}, meta}``.
+
+        Genesis adds ``genesis`` (the job's :attr:`notes`) when there are any.
+        """
         succeeded = self.status is JobStatus.SUCCEEDED
-        return {
+        entry = {
             "prompt": self.queue_item(),
             "outputs": self.outputs,
             "status": {
@@ -149,6 +159,10 @@ class Job:
             },
             "meta": self.meta,
         }
+        notes = self.notes
+        if notes:
+            entry["genesis"] = notes
+        return entry
 
 
 @dataclass(frozen=True)

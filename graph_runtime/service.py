@@ -1,9 +1,14 @@
 """The runtime service: validation → durable queue → one executor worker → events.
 
-This is the one object the web layer and the CLI talk to.  Data flows one way: ``submit``
+This is the one object the CLI talks to, and the web layer through its async façade
+(:class:`graph_runtime.async_runtime.AsyncRuntime`).  Data flows one way: ``submit``
 validates and enqueues; the worker thread claims jobs from the SQLite store, runs them
 through the :class:`~graph_runtime.executor.Executor` and records history; every event goes
-to the registered listeners together with the client id of the prompt it belongs to.
+to the registered listeners together with the client id of the prompt it belongs to, and
+every finished job to the completion listeners as a :class:`JobOutcome`.
+
+Thread model: ``submit`` and the control methods may be called from any thread (the façade
+calls them from its thread pools); the worker thread is the only one that executes.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ from graph_runtime.validation import PromptError, PromptValidator, ValidationRes
 log = logging.getLogger(__name__)
 
 Listener = Callable[[Event, "str | None"], None]
+CompletionListener = Callable[["JobOutcome"], None]
 
 _STATUS_BY_REPORT = {"success": JobStatus.SUCCEEDED, "error": JobStatus.FAILED, "interrupted": JobStatus.INTERRUPTED}
 
@@ -54,6 +60,32 @@ class SubmitResult:
         return {"error": self.error, "node_errors": self.node_errors}
 
 
+@dataclass(frozen=True)
+class JobOutcome:
+    """A job that left the queue: ran to an end, or was cancelled or removed before running.
+
+    ``status`` is its final state, None when it was removed (no history entry); ``report``
+    is the executor's report when it ran.  By the time listeners hear of it, the store
+    holds the final state.
+    """
+
+    prompt_id: str
+    status: JobStatus | None
+    owner: str | None = None
+    extra_data: dict[str, Any] = field(default_factory=dict)
+    report: ExecutionReport | None = None
+    queued_seconds: float | None = None
+    """From enqueue to the worker taking it (None when it never ran)."""
+    run_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class RunningJob:
+    prompt_id: str
+    token: InterruptToken
+    owner: str | None = None
+
+
 class Runtime:
     """Registry, validator, store, executor and worker of one server or CLI run."""
 
@@ -68,11 +100,15 @@ class Runtime:
         self.models = ModelManager(self.options.model_budget_bytes)
         self.executor = Executor(self.registry, paths, models=self.models, options=self.options)
         self._listeners: list[Listener] = []
+        self._completion_listeners: list[CompletionListener] = []
         self._worker: threading.Thread | None = None
         self._stopping = threading.Event()
         self._running_lock = threading.Lock()
-        self._running: tuple[str, InterruptToken] | None = None
+        self._running: RunningJob | None = None
         self._pending_free: dict[str, bool] = {}
+        self._holds: list[threading.Event] = []
+        self.queue_remaining = 0
+        """Pending + running, as of the last queue change (read without touching SQLite)."""
         self.last_report: ExecutionReport | None = None
 
     # -- node definitions ----------------------------------------------------------------------
@@ -99,7 +135,23 @@ class Runtime:
                 log.exception("listener failed on %s", event.type)
 
     def _emit_status(self) -> None:
-        self._emit(QueueStatus(None, self.store.queue_remaining()), None)
+        self.queue_remaining = self.store.queue_remaining()
+        self._emit(QueueStatus(None, self.queue_remaining), None)
+
+    def add_completion_listener(self, listener: CompletionListener) -> None:
+        """``listener(outcome)`` for every job that leaves the queue (worker or caller thread)."""
+        self._completion_listeners.append(listener)
+
+    def remove_completion_listener(self, listener: CompletionListener) -> None:
+        if listener in self._completion_listeners:
+            self._completion_listeners.remove(listener)
+
+    def _completed(self, outcome: JobOutcome) -> None:
+        for listener in list(self._completion_listeners):
+            try:
+                listener(outcome)
+            except Exception:
+                log.exception("completion listener failed on %s", outcome.prompt_id)
 
     # -- queueing ------------------------------------------------------------------------------
     def to_api_prompt(self, data: dict[str, Any]) -> dict[str, Any]:
@@ -115,8 +167,11 @@ class Runtime:
 
     def submit(self, prompt: Any, *, client_id: str | None = None, extra_data: dict[str, Any] | None = None,
                front: bool = False, number: float | None = None, partial_targets: list[str] | None = None,
-               prompt_id: str | None = None) -> SubmitResult:
-        """Validate and enqueue a prompt (API format, or a UI workflow that is converted first)."""
+               prompt_id: str | None = None, owner: str | None = None) -> SubmitResult:
+        """Validate and enqueue a prompt (API format, or a UI workflow that is converted first).
+
+        ``owner``: the user the job belongs to (multi-user mode).
+        """
         extra_data = dict(extra_data or {})
         if is_ui_workflow(prompt):
             from graph_runtime.workflow_files.errors import WorkflowFormatError
@@ -137,7 +192,7 @@ class Runtime:
         try:
             job = self.store.enqueue(prompt_id, result.prompt, extra_data=extra_data,
                                      outputs_to_execute=result.outputs, client_id=client_id, front=front,
-                                     number=number)
+                                     number=number, owner=owner)
         except DuplicateJobError:
             err = PromptError("invalid_prompt", "Duplicate prompt id", f"prompt_id {prompt_id} already exists")
             return SubmitResult(False, error=err.to_dict())
@@ -145,41 +200,54 @@ class Runtime:
         return SubmitResult(True, job.prompt_id, job.number, node_errors=result.node_errors, validation=result)
 
     # -- control -------------------------------------------------------------------------------
-    def interrupt(self, prompt_id: str | None = None) -> bool:
-        """Interrupt the running prompt (only if it is ``prompt_id``, when given)."""
+    def interrupt(self, prompt_id: str | None = None, *, owner: str | None = None) -> bool:
+        """Interrupt the running prompt (only if it is ``prompt_id``, when given, and
+        ``owner``'s, when given)."""
         with self._running_lock:
-            if self._running is None:
+            running = self._running
+            if running is None:
                 return False
-            running_id, token = self._running
-            if prompt_id is not None and prompt_id != running_id:
+            if prompt_id is not None and prompt_id != running.prompt_id:
                 return False
-            token.set()
+            if owner is not None and running.owner != owner:
+                return False
+            running.token.set()
             return True
 
     def running_prompt_id(self) -> str | None:
         with self._running_lock:
-            return self._running[0] if self._running else None
+            return self._running.prompt_id if self._running else None
 
-    def cancel(self, prompt_ids: list[str]) -> dict[str, list[str]]:
+    def cancel(self, prompt_ids: list[str], *, owner: str | None = None) -> dict[str, list[str]]:
         """Cancel pending jobs (kept in history as cancelled) and interrupt running ones."""
-        result = self.store.cancel(prompt_ids)
+        result = self.store.cancel(prompt_ids, owner=owner)
         for pid in result.running:
-            self.interrupt(pid)
+            self.interrupt(pid, owner=owner)
         self._emit_status()
+        for pid in result.cancelled:
+            job = self.store.get(pid)
+            self._completed(JobOutcome(pid, JobStatus.CANCELLED, job.owner if job else None,
+                                       job.extra_data if job else {}))
         return {"cancelled": list(result.cancelled), "interrupted": list(result.running)}
 
-    def delete_pending(self, prompt_ids: list[str]) -> list[str]:
-        removed = self.store.delete_pending(prompt_ids)
-        for pid in prompt_ids:
-            if pid not in removed:
-                self.interrupt(pid) if pid == self.running_prompt_id() else None
+    def delete_pending(self, prompt_ids: list[str], *, owner: str | None = None) -> list[str]:
+        """Remove pending jobs; a listed id that is running is interrupted instead (ComfyUI)."""
+        removed = self.store.delete_pending(prompt_ids, owner=owner)
+        running = self.running_prompt_id()
+        if running in prompt_ids and running not in removed:
+            self.interrupt(running, owner=owner)
         self._emit_status()
+        for pid in removed:
+            self._completed(JobOutcome(pid, None, owner))
         return removed
 
-    def clear_pending(self) -> int:
-        count = self.store.clear_pending()
+    def clear_pending(self, *, owner: str | None = None) -> list[str]:
+        """Remove every pending job (``owner``'s only, when given); returns their ids."""
+        removed = self.store.clear_pending(owner=owner)
         self._emit_status()
-        return count
+        for pid in removed:
+            self._completed(JobOutcome(pid, None, owner))
+        return removed
 
     def free(self, *, unload_models: bool = False, free_memory: bool = False) -> None:
         """Drop caches/models now if idle, else right after the running prompt (``POST /free``)."""
@@ -199,11 +267,24 @@ class Runtime:
             _empty_device_cache()
 
     # -- worker --------------------------------------------------------------------------------
+    def hold(self, until: threading.Event) -> None:
+        """Run nothing before ``until`` is set (jobs still queue meanwhile).
+
+        The server holds its worker while the demo models of a first start are written, so a
+        Run pressed in those seconds waits for them instead of failing.
+        """
+        self._holds.append(until)
+
+    def is_alive(self) -> bool:
+        """Whether the worker thread is running (``/ready``)."""
+        return self._worker is not None and self._worker.is_alive() and not self._stopping.is_set()
+
     def start(self) -> None:
         """Recover jobs cut off by a crash, then start the worker thread."""
         report = self.store.recover_after_restart()
         if report.requeued or report.failed:
             log.warning("after restart: requeued %s, failed %s", report.requeued, report.failed)
+        self.queue_remaining = self.store.queue_remaining()
         self._stopping.clear()
         self._worker = threading.Thread(target=self._work, name="genesis-worker", daemon=True)
         self._worker.start()
@@ -212,13 +293,17 @@ class Runtime:
         self._stopping.set()
         with self._running_lock:
             if self._running is not None:
-                self._running[1].set()
+                self._running.token.set()
         if self._worker is not None:
             self._worker.join(timeout)
         self.executor.close()
         self.store.close()
 
     def _work(self) -> None:
+        for gate in list(self._holds):
+            while not gate.wait(0.25):
+                if self._stopping.is_set():
+                    return
         while not self._stopping.is_set():
             job = self.store.claim_next(timeout=0.25)
             if job is None:
@@ -232,7 +317,7 @@ class Runtime:
         """Execute a claimed job, store its history and announce the end."""
         token = InterruptToken()
         with self._running_lock:
-            self._running = (job.prompt_id, token)
+            self._running = RunningJob(job.prompt_id, token, job.owner)
         client_id = job.client_id
         self._emit_status()
         try:
@@ -254,10 +339,14 @@ class Runtime:
         for nid, info in timings.items():
             meta.setdefault(nid, {"node_id": nid, "display_node": nid, "parent_node": None, "real_node_id": nid})
             meta[nid]["execution"] = info
-        self.store.finish(job.prompt_id, _STATUS_BY_REPORT[report.status], outputs=report.outputs,
+        status = _STATUS_BY_REPORT[report.status]
+        self.store.finish(job.prompt_id, status, outputs=report.outputs,
                           messages=report.messages, meta=meta, error=report.error)
         self.last_report = report
         self._emit_status()
+        started = job.started_at if job.started_at is not None else job.created_at
+        self._completed(JobOutcome(job.prompt_id, status, job.owner, job.extra_data, report,
+                                   queued_seconds=max(0.0, started - job.created_at), run_seconds=report.seconds))
         self._emit(Executing(job.prompt_id, None), client_id)
         if pending_free:
             self._free_now(pending_free.get("unload_models", False), pending_free.get("free_memory", False))

@@ -1,9 +1,10 @@
 """Building and serving the aiohttp application.
 
 ``create_app(runtime)`` wires one :class:`~graph_runtime.service.Runtime` to HTTP and
-WebSocket: route modules (each mounted at ``/X`` and ``/api/X``), the WebSocket hub
-(registered as a runtime listener), the log buffer and static files.  By default the app
-starts the runtime's worker when it starts and stops it on shutdown.
+WebSocket: the async façade every route awaits, route modules (each mounted at ``/X`` and
+``/api/X``), the WebSocket hub (registered as a runtime listener), authentication, metrics,
+webhooks, the log buffer and static files.  By default the app starts the runtime's worker
+when it starts and stops it on shutdown.
 
 ``serve(args, paths, options)`` is ``server.py serve``: it wipes ``temp/``, answers on the
 port before anything heavy is imported (torch is imported by the first prompt, or in the
@@ -23,10 +24,14 @@ from typing import Any
 
 from aiohttp import web
 
+from graph_runtime.async_runtime import AsyncRuntime
+from web.auth import AUTH, AuthSettings, authenticate
 from web.logbuffer import LogBuffer
+from web.metrics import METRICS, ServerMetrics, count_requests
 from web.middleware import cache_control, origin_guard
-from web.routes import files, internal, jobs, queue, static, system, users
+from web.routes import files, health, internal, jobs, queue, run, static, system, users
 from web.routing import mount
+from web.webhooks import WebhookSender, load_secret
 from web.state import STATE, WebState
 from web.sysinfo import SystemInfo
 from web.userdata import UserStore
@@ -43,33 +48,49 @@ DEFAULT_MAX_UPLOAD = 100 << 20
 def create_app(runtime: Any, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD, multi_user: bool = False,
                manage_runtime: bool = True, argv: list[str] | None = None, probe_torch: bool = True,
                default_workflow: Path | None = DEFAULT_WORKFLOW, frontend: Path | None | bool = True,
-               ws_queue_limit: int | None = None) -> web.Application:
+               ws_queue_limit: int | None = None, auth: AuthSettings | None = None,
+               webhook_secret: str | None = None, webhook_attempts: int = 5, webhook_first_delay: float = 1.0,
+               webhook_timeout: float = 10.0) -> web.Application:
     """The application for ``runtime``.
 
     ``manage_runtime``: start the runtime's worker with the app and stop it on shutdown.
     ``frontend``: True finds ``comfyui-frontend-package``; a path overrides it; False serves none.
+    ``auth``: who may call (see :mod:`web.auth`); None: no tokens (a loopback server).
+    ``webhook_*``: signing secret (None: the one stored in the user directory), attempts per
+    delivery, the first retry delay (doubled each time) and the timeout of one attempt.
     """
     root = static.frontend_root() if frontend is True else (frontend or None)
     if frontend is True and root is None:
         log.warning("comfyui-frontend-package is not installed: only the API is served")
     paths = runtime.paths
+    auth = auth if auth is not None else AuthSettings(multi_user=multi_user)
+    multi_user = multi_user or auth.multi_user
+    auth.multi_user = multi_user
+    api = AsyncRuntime(runtime)
     server_features = {"supports_preview_metadata": True, "max_upload_size": max_upload_bytes}
     hub_kwargs = {"queue_limit": ws_queue_limit} if ws_queue_limit else {}
-    hub = Hub(runtime.store.queue_remaining, server_features, **hub_kwargs)
+    hub = Hub(lambda: runtime.queue_remaining, server_features, **hub_kwargs)
     extension_dirs = {p.name: p for p in sorted(EXTENSIONS_DIR.iterdir()) if p.is_dir()}
     for name, directory in runtime.registry.web_directories.items():
         extension_dirs.setdefault(name, directory)
     user_store = UserStore(paths.user_dir, multi_user=multi_user)
     if not multi_user:
         user_store.ensure_user("default")
-    state = WebState(runtime=runtime, hub=hub, users=user_store,
+    state = WebState(runtime=runtime, api=api, hub=hub, users=user_store,
                      logs=LogBuffer(), sysinfo=SystemInfo(argv, probe_torch=probe_torch),
                      max_upload_bytes=max_upload_bytes, frontend_root=root, extension_dirs=extension_dirs,
                      default_workflow=default_workflow if default_workflow and default_workflow.is_file() else None)
 
-    app = web.Application(client_max_size=max_upload_bytes, middlewares=[origin_guard, cache_control])
+    metrics = ServerMetrics(api, hub)
+    webhooks = WebhookSender(api, load_secret(paths.user_dir, webhook_secret), attempts=webhook_attempts,
+                             first_delay=webhook_first_delay, timeout=webhook_timeout,
+                             on_attempt=lambda outcome: metrics.webhooks.labels(outcome).inc())
+    app = web.Application(client_max_size=max_upload_bytes,
+                          middlewares=[count_requests, origin_guard(auth.cors_origins), authenticate, cache_control])
     app[STATE] = state
-    for module in (queue, jobs, files, users, system):
+    app[AUTH] = auth
+    app[METRICS] = metrics
+    for module in (queue, run, jobs, files, users, system, health):
         mount(app, module.routes)
     mount(app, internal.routes, api_twin=False)
     app.router.add_get("/ws", hub.handle)
@@ -79,6 +100,8 @@ def create_app(runtime: Any, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD, mult
         app.router.add_static("/", root, follow_symlinks=False)
 
     async def on_startup(app: web.Application) -> None:
+        api.bind(asyncio.get_running_loop())
+        await webhooks.start()
         hub.bind(asyncio.get_running_loop())
         runtime.add_listener(hub.on_event)
         state.logs.on_entry = hub.post_log
@@ -90,10 +113,12 @@ def create_app(runtime: Any, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD, mult
         await hub.close_all()
 
     async def on_cleanup(app: web.Application) -> None:
+        await webhooks.close()
         runtime.remove_listener(hub.on_event)
         state.logs.detach()
         if manage_runtime:
             await asyncio.to_thread(runtime.stop)
+        api.close()
 
     app.on_startup.append(on_startup)
     app.on_shutdown.append(on_shutdown)

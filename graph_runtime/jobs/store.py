@@ -667,6 +667,17 @@ class JobStore:
             self._committed()
         return n
 
+    def check_writable(self) -> None:
+        """Raise unless the database takes a committed write right now (``/ready``)."""
+        with self._lock:
+            self._check_open()
+            with self._tx() as conn:
+                conn.execute(
+                    "INSERT INTO counters (name, value) VALUES ('ready_probes', 1)"
+                    " ON CONFLICT (name) DO UPDATE SET value = value + 1"
+                )
+            self._committed()
+
     # ----------------------------------------------------------------- lifecycle
     def recover_after_restart(self) -> RecoveryReport:
         """Deal with jobs left ``running`` by a crash (see the module docstring).

@@ -6,7 +6,6 @@ URL-encoded forms are refused.  Uploads stream to disk under a size limit (413 b
 """
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import io
 import json
@@ -89,17 +88,21 @@ async def view(request: web.Request) -> web.StreamResponse:
     filename, kind = split_annotation(filename, query.get("type") or "output")
     if filename.startswith("/") or ".." in filename or "\\" in filename or "\x00" in filename:
         return json_error(400, "invalid_filename", "Invalid file name", repr(filename))
-    folder = _folder(state, kind, query.get("subfolder", ""))
     name = os.path.basename(filename)
-    path = folder / name
-    if not path.is_file():
+
+    def locate() -> Path | None:  # resolving symlinks and stat touch the disk: off the loop
+        path = _folder(state, kind, query.get("subfolder", "")) / name
+        return path if path.is_file() else None
+
+    path = await state.api.run_blocking(locate)
+    if path is None:
         return json_error(404, "not_found", "File not found", f"{kind}/{query.get('subfolder', '')}/{name}")
     headers = {"Content-Disposition": f'filename="{_quote_header(name)}"', "Cache-Control": _cache_control(kind)}
     preview = query.get("preview")
     channel = query.get("channel") or ""
     if preview or channel in ("rgb", "a"):
         try:
-            body, ctype = await asyncio.to_thread(_transcode, path, preview, channel)
+            body, ctype = await state.api.run_blocking(_transcode, path, preview, channel)
         except (OSError, ValueError) as exc:
             return json_error(415, "unsupported_media", "Cannot convert this file", str(exc))
         return web.Response(body=body, content_type=ctype, headers=headers)
@@ -233,7 +236,7 @@ def _upload_target(state: WebState, upload: _Upload) -> tuple[Path, str, str, bo
 async def upload_image(request: web.Request) -> web.Response:
     state = state_of(request)
     upload = await _read_multipart(request, state.max_upload_bytes)
-    wanted, kind, subfolder, overwrite = _upload_target(state, upload)
+    wanted, kind, subfolder, overwrite = await state.api.run_blocking(_upload_target, state, upload)
     assert upload.data is not None
 
     def save() -> Path:
@@ -242,7 +245,7 @@ async def upload_image(request: web.Request) -> web.Response:
             _write(target, upload.data)
         return target
 
-    target = await asyncio.to_thread(save)
+    target = await state.api.run_blocking(save)
     log.info("uploaded %s (%d bytes) to %s", target.name, len(upload.data), kind)
     return web.json_response({"name": target.name, "subfolder": subfolder, "type": kind})
 
@@ -251,7 +254,7 @@ async def upload_image(request: web.Request) -> web.Response:
 async def upload_mask(request: web.Request) -> web.Response:
     state = state_of(request)
     upload = await _read_multipart(request, state.max_upload_bytes)
-    wanted, kind, subfolder, overwrite = _upload_target(state, upload)
+    wanted, kind, subfolder, overwrite = await state.api.run_blocking(_upload_target, state, upload)
     try:
         ref = json.loads(upload.fields.get("original_ref") or "")
     except ValueError:
@@ -259,12 +262,17 @@ async def upload_mask(request: web.Request) -> web.Response:
     if not isinstance(ref, dict) or not isinstance(ref.get("filename"), str) or not ref["filename"]:
         raise BadRequest("invalid_request", "original_ref needs a filename", "{filename, subfolder?, type?}")
     ref_name, ref_kind = split_annotation(ref["filename"], str(ref.get("type") or "output"))
-    original = _folder(state, ref_kind, str(ref.get("subfolder") or "")) / _check_name(ref_name)
-    if not original.is_file():
+
+    def locate() -> Path | None:
+        path = _folder(state, ref_kind, str(ref.get("subfolder") or "")) / _check_name(ref_name)
+        return path if path.is_file() else None
+
+    original = await state.api.run_blocking(locate)
+    if original is None:
         return json_error(404, "not_found", "The original image does not exist", f"{ref_kind}/{ref_name}")
     assert upload.data is not None
     try:
-        data = await asyncio.to_thread(_apply_mask, original, upload.data)
+        data = await state.api.run_blocking(_apply_mask, original, upload.data)
     except (OSError, ValueError) as exc:
         raise BadRequest("invalid_image", "Cannot read the uploaded mask or the original image", str(exc)) from None
 
@@ -273,7 +281,7 @@ async def upload_mask(request: web.Request) -> web.Response:
         _write(target, data)
         return target
 
-    target = await asyncio.to_thread(save)
+    target = await state.api.run_blocking(save)
     return web.json_response({"name": target.name, "subfolder": subfolder, "type": kind})
 
 

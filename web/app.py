@@ -146,6 +146,13 @@ def listen_hosts(listen: str | None) -> list[str]:
     return [h.strip() for h in listen.split(",") if h.strip()]
 
 
+def beyond_loopback(hosts: list[str]) -> bool:
+    """Whether any bound address is reachable from other machines."""
+    from web.middleware import is_loopback
+
+    return any(not is_loopback(h.strip("[]")) for h in hosts)
+
+
 def display_url(host: str, port: int) -> str:
     shown = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(host, f"[{host}]" if ":" in host else host)
     return f"http://{shown}:{port}"
@@ -233,24 +240,42 @@ def serve(args: Any, paths: Any, options: Any) -> int:
     """``server.py serve``: run the server until SIGINT/SIGTERM; returns the exit code."""
     from graph_runtime.service import Runtime
 
+    from web.auth import AuthSettings, TokenFileError
+
     launched = process_start_time()
     paths.ensure_dirs()
     wipe_temp(paths.temp_dir)
+    hosts = listen_hosts(getattr(args, "listen", "127.0.0.1"))
+    port = int(getattr(args, "port", 8188))
+    try:
+        auth = AuthSettings.configure(
+            paths.user_dir, required=bool(getattr(args, "require_token", False)) or beyond_loopback(hosts),
+            token=getattr(args, "token", None), multi_user=bool(getattr(args, "multi_user", False)),
+            metrics_public=bool(getattr(args, "metrics_public", False)),
+            cors_origins=tuple(getattr(args, "cors_origins", None) or ()))
+    except TokenFileError as exc:
+        log.error("cannot read the tokens: %s", exc)
+        return 2
     runtime = Runtime(paths, options)
     for failure in runtime.registry.failures:
         log.error("node pack %s failed to load: %s", failure.name, failure.error)
     max_upload = int(float(getattr(args, "max_upload_size", 100)) * 1024 * 1024)
-    app = create_app(runtime, max_upload_bytes=max_upload, argv=list(sys.argv))
-    hosts = listen_hosts(getattr(args, "listen", "127.0.0.1"))
-    port = int(getattr(args, "port", 8188))
+    app = create_app(runtime, max_upload_bytes=max_upload, argv=list(sys.argv), auth=auth,
+                     webhook_secret=getattr(args, "webhook_secret", None),
+                     webhook_attempts=int(getattr(args, "webhook_attempts", 5)))
 
     def on_listening() -> None:
         urls = ", ".join(display_url(h, port) for h in hosts)
         log.info("Genesis is ready at %s (%d node types, %.2f s after launch)", urls, len(runtime.registry),
                  time.time() - launched)
-        if any(h in ("0.0.0.0", "::") or not h.startswith(("127.", "localhost", "::1")) for h in hosts):
-            log.warning("listening beyond this machine: anyone who can reach %s can run prompts and read outputs",
-                        ",".join(hosts))
+        if auth.required:
+            login = auth.login_url(display_url(hosts[0], port))
+            if login is not None:
+                # Like Jupyter: the one-time URL that opens the canvas logged in (the token is also in
+                # user/genesis_token, readable by this user only).
+                print(f"\n    To open Genesis, visit:\n        {login}\n", flush=True)
+            else:
+                log.info("a token is required off loopback (Authorization: Bearer, or /?token= in the browser)")
         if not getattr(args, "no_tiny_models", False):
             write_demo_models_if_missing(paths)
 

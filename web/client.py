@@ -115,9 +115,17 @@ async def _follow(remote: Remote, prompt: dict[str, Any], extra_data: dict[str, 
 
     client_id = uuid.uuid4().hex
     url = f"{remote.ws_url}?{urllib.parse.urlencode({'clientId': client_id})}"
+    from websockets.exceptions import InvalidStatus
+
     try:
         ws = await connect(url, additional_headers=remote.headers, max_size=None, open_timeout=remote.timeout)
-    except Exception as exc:  # refused, 401 on the handshake, TLS …
+    except InvalidStatus as exc:
+        if exc.response.status_code == 401:
+            raise RemoteError(f"{remote.base} refused the token: pass --token or set {TOKEN_ENV}") from None
+        raise RemoteError(f"cannot open {remote.ws_url}: {exc}") from None
+    except OSError as exc:  # refused, unreachable
+        raise RemoteError(f"cannot reach {remote.base}: {exc}") from None
+    except Exception as exc:  # a bad handshake, TLS …
         raise RemoteError(f"cannot open {remote.ws_url}: {exc}") from None
     async with ws:
         reply = await asyncio.to_thread(remote.call, "POST", "/prompt",

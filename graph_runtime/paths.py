@@ -91,9 +91,12 @@ class FolderPaths:
     folders: dict[str, list[Path]] = field(init=False)
     listings: ListingCache = field(init=False, repr=False, compare=False)
     """Listings cached by directory mtimes, shared by object_info and validation."""
+    announced: dict[str, frozenset[str]] = field(init=False, repr=False, compare=False)
+    """Model names being written right now (listed before they exist; see :meth:`announce`)."""
 
     def __post_init__(self) -> None:
         self.listings = ListingCache()
+        self.announced = {}
         self.base = Path(self.base).resolve()
         self.models_dir = self.base / "models"
         self.input_dir = self.base / "input"
@@ -158,7 +161,22 @@ class FolderPaths:
         """
         folder = FOLDER_ALIASES.get(folder, folder)
         roots = [str(r) for r in self.model_dirs(folder)]
-        return self.listings.get(("models", folder, tuple(roots)), roots, lambda: self._walk_models(folder))
+        names = self.listings.get(("models", folder, tuple(roots)), roots, lambda: self._walk_models(folder))
+        coming = self.announced.get(folder)
+        return sorted(set(names) | coming) if coming else names
+
+    def announce(self, folder: str, names: Iterable[str]) -> None:
+        """List ``names`` in ``folder`` before they exist: files being written right now.
+
+        On a first start the demo models take seconds to write; the canvas, validation and
+        object_info see them at once, while the runtime holds its worker until they are there.
+        """
+        folder = FOLDER_ALIASES.get(folder, folder)
+        self.announced = {**self.announced, folder: self.announced.get(folder, frozenset()) | frozenset(names)}
+
+    def withdraw_announced(self) -> None:
+        """Forget every announced name (the files exist now, or will not)."""
+        self.announced = {}
 
     def _walk_models(self, folder: str) -> tuple[list[str], list[str]]:
         want_dirs = folder in DIRECTORY_FOLDERS

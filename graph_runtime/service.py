@@ -300,11 +300,11 @@ class Runtime:
         self.store.close()
 
     def _work(self) -> None:
-        for gate in list(self._holds):
-            while not gate.wait(0.25):
-                if self._stopping.is_set():
-                    return
         while not self._stopping.is_set():
+            held = next((gate for gate in self._holds if not gate.is_set()), None)
+            if held is not None:
+                held.wait(0.25)
+                continue
             job = self.store.claim_next(timeout=0.25)
             if job is None:
                 continue

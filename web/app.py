@@ -8,7 +8,8 @@ when it starts and stops it on shutdown.
 
 ``serve(args, paths, options)`` is ``server.py serve``: it wipes ``temp/``, answers on the
 port before anything heavy is imported (torch is imported by the first prompt, or in the
-background), then writes the tiny demo models in a background thread on a first start.
+background), then writes the tiny demo models in a background thread on a first start
+(:mod:`web.first_start`: announced at once, the worker held until they are there).
 """
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ import logging
 import shutil
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -158,48 +158,6 @@ def display_url(host: str, port: int) -> str:
     return f"http://{shown}:{port}"
 
 
-def write_demo_models_if_missing(paths: Any) -> threading.Thread | None:
-    """On a first start (no checkpoint at all), write the tiny models in a background thread.
-
-    Files are written into a hidden staging folder and moved into ``models/`` one by one, so a
-    listing never shows a half-written model.
-    """
-    if paths.list_models("checkpoints"):
-        return None
-
-    def work() -> None:
-        started = time.monotonic()
-        staging = paths.models_dir / ".genesis-tiny-staging"
-        try:
-            from models.tools.tiny_models import write_tiny_models
-
-            shutil.rmtree(staging, ignore_errors=True)
-            write_tiny_models(staging)
-            moved = 0
-            for entry in sorted(p for p in staging.iterdir() if p.is_file()):  # manifests
-                if not (paths.models_dir / entry.name).exists():
-                    entry.replace(paths.models_dir / entry.name)
-            for folder in sorted(p for p in staging.iterdir() if p.is_dir()):
-                target_dir = paths.models_dir / folder.name
-                target_dir.mkdir(parents=True, exist_ok=True)
-                for entry in sorted(folder.iterdir()):
-                    target = target_dir / entry.name
-                    if not target.exists():
-                        entry.replace(target)
-                        moved += 1
-            log.info("wrote %d tiny demo models to %s in %.1f s (random weights: pictures are noise; "
-                     "put real checkpoints in models/checkpoints)", moved, paths.models_dir,
-                     time.monotonic() - started)
-        except Exception:
-            log.exception("could not write the tiny demo models")
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-
-    thread = threading.Thread(target=work, name="genesis-tiny-models", daemon=True)
-    thread.start()
-    return thread
-
-
 async def _serve_until_stopped(app: web.Application, hosts: list[str], port: int, verbose: bool,
                                on_listening: Any) -> int:
     runner = web.AppRunner(app, access_log=logging.getLogger("aiohttp.access") if verbose else None,
@@ -264,6 +222,18 @@ def serve(args: Any, paths: Any, options: Any) -> int:
                      webhook_secret=getattr(args, "webhook_secret", None),
                      webhook_attempts=int(getattr(args, "webhook_attempts", 5)))
 
+    demo = None
+    if not getattr(args, "no_tiny_models", False):
+        from web.first_start import MODELS_CHANGED, DemoModels
+
+        hub = app[STATE].hub
+        demo = DemoModels(runtime, workflow=DEFAULT_WORKFLOW,
+                          on_arrival=lambda: hub.send_threadsafe(MODELS_CHANGED, {"folders": sorted(paths.folders)}))
+        if demo.needed():
+            demo.announce()  # before the port opens: the first canvas already lists them
+        else:
+            demo = None
+
     def on_listening() -> None:
         urls = ", ".join(display_url(h, port) for h in hosts)
         log.info("Genesis is ready at %s (%d node types, %.2f s after launch)", urls, len(runtime.registry),
@@ -276,7 +246,7 @@ def serve(args: Any, paths: Any, options: Any) -> int:
                 print(f"\n    To open Genesis, visit:\n        {login}\n", flush=True)
             else:
                 log.info("a token is required off loopback (Authorization: Bearer, or /?token= in the browser)")
-        if not getattr(args, "no_tiny_models", False):
-            write_demo_models_if_missing(paths)
+        if demo is not None:
+            demo.start()
 
     return asyncio.run(_serve_until_stopped(app, hosts, port, bool(getattr(args, "verbose", False)), on_listening))

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from graph_runtime.paths import PathEscapeError, safe_join
 from web.bodies import BadRequest, json_error
@@ -103,7 +104,7 @@ async def view(request: web.Request) -> web.StreamResponse:
     if preview or channel in ("rgb", "a"):
         try:
             body, ctype = await state.api.run_blocking(_transcode, path, preview, channel)
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - a file Pillow cannot convert (truncated, a bomb, not an image)
             return json_error(415, "unsupported_media", "Cannot convert this file", str(exc))
         return web.Response(body=body, content_type=ctype, headers=headers)
     headers["Content-Type"] = content_type_for(name)
@@ -159,6 +160,13 @@ async def _read_multipart(request: web.Request, limit: int) -> _Upload:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
     if not request.content_type.startswith("multipart/"):
         raise BadRequest("invalid_request", "Expected a multipart/form-data body", request.content_type)
+    try:
+        return await _parts(request, limit)
+    except (ValueError, HttpProcessingError) as exc:  # no boundary, truncated body, bad part headers
+        raise BadRequest("invalid_request", "Malformed multipart/form-data body", str(exc)) from None
+
+
+async def _parts(request: web.Request, limit: int) -> _Upload:
     upload = _Upload()
     total = 0
     reader = await request.multipart()
@@ -245,7 +253,7 @@ async def upload_image(request: web.Request) -> web.Response:
             _write(target, upload.data)
         return target
 
-    target = await state.api.run_blocking(save)
+    target = await _saved(state, save)
     log.info("uploaded %s (%d bytes) to %s", target.name, len(upload.data), kind)
     return web.json_response({"name": target.name, "subfolder": subfolder, "type": kind})
 
@@ -273,7 +281,7 @@ async def upload_mask(request: web.Request) -> web.Response:
     assert upload.data is not None
     try:
         data = await state.api.run_blocking(_apply_mask, original, upload.data)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any image the decoder refuses is the client's problem
         raise BadRequest("invalid_image", "Cannot read the uploaded mask or the original image", str(exc)) from None
 
     def save() -> Path:
@@ -281,8 +289,18 @@ async def upload_mask(request: web.Request) -> web.Response:
         _write(target, data)
         return target
 
-    target = await state.api.run_blocking(save)
+    target = await _saved(state, save)
     return web.json_response({"name": target.name, "subfolder": subfolder, "type": kind})
+
+
+async def _saved(state: WebState, save: Any) -> Path:
+    """Run ``save`` off the loop; a name that collides with a folder (or the reverse) is a 409."""
+    try:
+        return await state.api.run_blocking(save)
+    except (FileExistsError, IsADirectoryError, NotADirectoryError) as exc:
+        raise web.HTTPConflict(text=json.dumps({"error": {
+            "type": "conflict", "message": "A file and a folder would have the same name",
+            "details": str(exc), "extra_info": {}}}), content_type="application/json") from None
 
 
 def _apply_mask(original: Path, mask_bytes: bytes) -> bytes:

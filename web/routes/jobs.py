@@ -38,6 +38,7 @@ for _store, _api in API_STATUS.items():
 PREVIEWABLE_KEYS = ("images", "video", "audio", "gifs", "animated")
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 200
+MAX_OFFSET = 2 ** 62
 
 
 def _ms(seconds: float | None) -> int | None:
@@ -133,7 +134,7 @@ def _int(request: web.Request, name: str, default: int | None, lo: int, hi: int 
 async def list_jobs(request: web.Request) -> web.Response:
     statuses = _statuses(request.query.get("status"))
     limit = _int(request, "limit", DEFAULT_LIMIT, 0, MAX_LIMIT)
-    offset = _int(request, "offset", 0, 0) or 0
+    offset = _int(request, "offset", 0, 0, MAX_OFFSET) or 0
     sort_by = request.query.get("sort_by", "created_at")
     order = request.query.get("sort_order", "desc")
     if sort_by not in ("created_at", "execution_duration") or order not in ("asc", "desc"):
@@ -163,7 +164,7 @@ async def get_job_assets(request: web.Request) -> web.Response:
     if job is None:
         return json_error(404, "not_found", "Job not found", request.match_info["job_id"])
     limit = _int(request, "limit", 500, 0, MAX_LIMIT) or 0
-    offset = _int(request, "offset", 0, 0) or 0
+    offset = _int(request, "offset", 0, 0, MAX_OFFSET) or 0
     assets = []
     per_node: dict[tuple[str, str], int] = {}
     for node_id, key, item in _output_items(job.outputs):

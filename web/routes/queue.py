@@ -25,14 +25,21 @@ from web.webhooks import InvalidWebhook, check_url
 routes = web.RouteTableDef()
 
 
+MAX_QUERY_INT = 2 ** 62
+"""Paging numbers beyond this are refused (SQLite integers are 64-bit)."""
+
+
 def _int_query(request: web.Request, name: str, default: int | None) -> int | None:
     raw = request.query.get(name)
     if raw is None or raw == "":
         return default
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         raise BadRequest("invalid_request", f"Query parameter {name!r} must be an integer", raw) from None
+    if abs(value) > MAX_QUERY_INT:
+        raise BadRequest("invalid_request", f"Query parameter {name!r} is out of range", raw)
+    return value
 
 
 def prompt_of(body: PromptBody) -> Any:

@@ -26,6 +26,16 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--extra-model-paths-config", type=Path, action="append", default=[],
                         help="extra_model_paths.yaml files (one next to server.py is read automatically)")
     parser.add_argument("--cpu", action="store_true", help="run models on the CPU even when a GPU is present")
+    vram = parser.add_mutually_exclusive_group()
+    vram.add_argument("--highvram", action="store_true",
+                      help="keep models on the GPU: evict instead of offloading them to RAM")
+    vram.add_argument("--lowvram", action="store_true",
+                      help="models that do not fit the GPU run with their blocks streamed from RAM")
+    vram.add_argument("--novram", action="store_true", help="every GPU model runs with its blocks streamed from RAM")
+    parser.add_argument("--reserve-vram", type=float, default=None, metavar="GB",
+                        help="GPU memory (GB) left free for the OS and other programs")
+    parser.add_argument("--disable-smart-memory", action="store_true",
+                        help="offload models to RAM after each node instead of keeping them on the GPU")
     parser.add_argument("--dtype", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
                         help="compute dtype of the models")
     parser.add_argument("--fp8-weights", action="store_true", help="store diffusion weights in fp8, upcast to compute")
@@ -99,9 +109,13 @@ def build_paths(args: argparse.Namespace):
 def build_options(args: argparse.Namespace):
     from graph_runtime.context import RuntimeOptions
 
+    mode = ("cpu" if args.cpu else "highvram" if args.highvram else "lowvram" if args.lowvram
+            else "novram" if args.novram else "normal")
     return RuntimeOptions(device="cpu" if args.cpu else "auto", dtype=args.dtype, fp8_weights=args.fp8_weights,
                           preview_method=args.preview_method, cache_budget_bytes=args.cache_budget_mb << 20,
-                          model_budget_bytes=None if args.model_budget_mb is None else args.model_budget_mb << 20)
+                          model_budget_bytes=None if args.model_budget_mb is None else args.model_budget_mb << 20,
+                          vram_mode=mode, reserve_vram_bytes=int((args.reserve_vram or 0) * (1 << 30)),
+                          smart_memory=not args.disable_smart_memory)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,7 +42,12 @@ class RuntimeOptions:
     fp8_weights: bool = False
     preview_method: str = "auto"  # "auto" | "latent2rgb" | "none"
     cache_budget_bytes: int = 512 << 20  # outputs kept across prompts; models are budgeted apart
-    model_budget_bytes: int | None = None
+    model_budget_bytes: int | None = None  # fixed budget for loaded models (None: the free memory measured)
+    # ComfyUI's memory flags: --highvram/--lowvram/--novram/--cpu as one mode, --reserve-vram,
+    # --disable-smart-memory (see graph_runtime.model_manager.VramMode)
+    vram_mode: str = "normal"  # "highvram" | "normal" | "lowvram" | "novram" | "cpu"
+    reserve_vram_bytes: int = 0
+    smart_memory: bool = True
 
 
 @dataclass
@@ -57,6 +62,7 @@ class NodeContext:
     options: RuntimeOptions
     _progress: Callable[[str, float, float, Any], None] = field(repr=False, default=lambda *a: None)
     _interrupted: Callable[[], bool] = field(repr=False, default=lambda: False)
+    _progress_text: Callable[[str, str], None] = field(repr=False, default=lambda *a: None)
     info: dict[str, Any] = field(default_factory=dict)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("genesis.node"))
 
@@ -76,6 +82,13 @@ class NodeContext:
         """
         self._progress(self.node_id, value, total, preview)
         self.check_interrupted()
+
+    def progress_text(self, text: str) -> None:
+        """Show ``text`` on the node while it runs (replaces the previous text; send the whole text so far).
+
+        Each call is one WebSocket frame: callers streaming many updates throttle them (e.g. every 100 ms).
+        """
+        self._progress_text(self.node_id, str(text))
 
     def record(self, **info: Any) -> None:
         """Attach facts about this run to the node's history entry (device, dtype, model file …)."""

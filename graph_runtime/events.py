@@ -141,6 +141,20 @@ class PreviewImage(Event):
 
 
 @dataclass(frozen=True)
+class ProgressText(Event):
+    """Text shown on a node while it runs (ComfyUI's ``progress_text``; binary frame type 3).
+
+    ``text`` is the whole text so far: the frontend replaces the node's text preview with each
+    frame, so a receiver that missed frames still shows the latest state.
+    """
+
+    TYPE: ClassVar[str] = "progress_text"
+    node_id: str = ""
+    display_node_id: str = ""
+    text: str = ""
+
+
+@dataclass(frozen=True)
 class QueueStatus(Event):
     """The queue changed: ``queue_remaining`` counts pending plus running prompts (broadcast)."""
 

@@ -32,7 +32,7 @@ from graph_runtime.cache import OutputCache, canonical, digest
 from graph_runtime.context import Interrupted, NodeContext, NodeError, RuntimeOptions
 from graph_runtime.events import (Event, EventSink, Executed, Executing, ExecutionCached, ExecutionError,
                                   ExecutionInterrupted, ExecutionStart, ExecutionSuccess, NodeProgress, PreviewImage,
-                                  Progress, ProgressState, discard)
+                                  Progress, ProgressState, ProgressText, discard)
 from graph_runtime.model_manager import ModelManager
 from graph_runtime.paths import FolderPaths
 from graph_runtime.registry import NodeRegistry
@@ -422,13 +422,17 @@ class _PromptRun:
     def _context(self, nid: str, definition: NodeDefinition) -> NodeContext:
         return NodeContext(node_id=nid, class_type=definition.class_type, prompt_id=self.prompt_id,
                            paths=self.ex.paths, models=self.ex.models, options=self.ex.options,
-                           _progress=self._on_progress, _interrupted=self.interrupt.is_set)
+                           _progress=self._on_progress, _interrupted=self.interrupt.is_set,
+                           _progress_text=self._on_progress_text)
 
     def _on_progress(self, nid: str, value: float, maximum: float, preview: Any) -> None:
         self._progress_state(nid, value, maximum, "running")
         if preview is not None:
             self.emit(PreviewImage(self.prompt_id, nid, nid, preview))
         self.emit(Progress(self.prompt_id, nid, value, maximum))
+
+    def _on_progress_text(self, nid: str, text: str) -> None:
+        self.emit(ProgressText(self.prompt_id, nid, nid, text))
 
     async def _run_node(self, nid: str, definition: NodeDefinition, inputs: dict[str, list[Any] | None],
                         offload: bool = False) -> None:

@@ -24,7 +24,7 @@ from graph_runtime.context import RuntimeOptions
 from graph_runtime.events import Event, Executing, QueueStatus
 from graph_runtime.executor import ExecutionReport, Executor, InterruptToken
 from graph_runtime.jobs import DuplicateJobError, Job, JobStatus, JobStore
-from graph_runtime.model_manager import ModelManager
+from graph_runtime.model_manager import manager_for
 from graph_runtime.node_info import node_info, object_info
 from graph_runtime.paths import FolderPaths
 from graph_runtime.registry import NodeRegistry, build_registry
@@ -97,7 +97,7 @@ class Runtime:
         self.registry = registry if registry is not None else build_registry(custom_dirs=paths.custom_nodes_dirs)
         self.validator = PromptValidator(self.registry, paths)
         self.store = JobStore(db_path or paths.user_dir / "jobs.sqlite3")
-        self.models = ModelManager(self.options.model_budget_bytes)
+        self.models = manager_for(self.options)
         self.executor = Executor(self.registry, paths, models=self.models, options=self.options)
         self._listeners: list[Listener] = []
         self._completion_listeners: list[CompletionListener] = []
@@ -259,12 +259,18 @@ class Runtime:
                 return
         self._free_now(unload_models, free_memory)
 
+    def memory_stats(self) -> dict[str, Any]:
+        """The model manager's view (loaded models, sizes, devices, budget) for ``/system_stats``."""
+        return self.models.stats()
+
     def _free_now(self, unload_models: bool, free_memory: bool) -> None:
+        """``unload_models``: drop every loaded model; ``free_memory``: also drop cached outputs and give
+        the freed memory back to the OS and the device (ComfyUI's semantics).  Outputs hold model
+        handles, not weights, so unloading really frees the models' memory."""
         if free_memory:
             self.executor.cache.clear()
         if unload_models or free_memory:
-            self.models.unload_all()
-            _empty_device_cache()
+            self.models.free(unload_models=unload_models, free_memory=free_memory)
 
     # -- worker --------------------------------------------------------------------------------
     def hold(self, until: threading.Event) -> None:
@@ -361,10 +367,3 @@ class Runtime:
             time.sleep(0.01)
         return False
 
-
-def _empty_device_cache() -> None:
-    import sys
-
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        torch.cuda.empty_cache()

@@ -26,6 +26,9 @@ _PERCENT = dict(min=0.0, max=1.0, step=0.001)
 
 
 def _load(ctx: NodeContext, control_net_name: str, model: Any = None):
+    from dataclasses import replace
+
+    from nodes.devices import device_name
     from nodes.diffusion.controlnet import load_controlnet
     from nodes.diffusion.model_files import file_key
     from nodes.loaders import load_cached, placement, resolve_file
@@ -41,12 +44,16 @@ def _load(ctx: NodeContext, control_net_name: str, model: Any = None):
 
         if path.is_file() and detect(inspect(path)[0]).difference:
             key += ("diff", model.source, model.patches)
-    cn = load_cached(ctx, key, lambda: load_controlnet(path, place, model), "control_net_name")
+    handle = load_cached(ctx, key, lambda: load_controlnet(path, place, model), "control_net_name", sources=[path],
+                         label=f"{path.name} (ControlNet)", device=device_name(place.device))
+    loaded = handle.get()
+    # the output holds the handle, not the module: cached conditioning never pins the weights
+    cn = replace(loaded, weights=handle)
     if model is not None and not cn.fits(model.family):
         from nodes.diffusion.controlnet import mismatch_message
 
         raise NodeError(mismatch_message(cn, model.family), input_name="control_net_name")
-    p = next(cn.module.parameters(), None)
+    p = next(loaded.module.parameters(), None)
     ctx.record(model_file=path.name, controlnet=cn.describe(), layout=cn.layout,
                **({"device": str(p.device), "dtype": str(p.dtype).replace("torch.", "")} if p is not None else {}))
     return cn

@@ -1,9 +1,10 @@
 """Model loader nodes (ComfyUI names, inputs and defaults): checkpoints, diffusion models, CLIP, VAE, LoRA.
 
-Each node resolves its file name against the runtime's model folders, loads through
-``ctx.models.get`` (so a file is loaded once and shared, keyed by path, mtime, size, device and
-dtype option) and returns the immutable handles of ``nodes.diffusion.types``.  LoRA nodes only
-add a :class:`WeightPatch`; the base model stays resident and is patched at use time.
+Each node resolves its file name against the runtime's model folders and loads through the model
+manager (``ctx.models``): every loaded part is a model handle keyed by path, mtime, size, device
+and dtype option, so a file is loaded once and shared, and the MODEL/CLIP/VAE values of
+``nodes.diffusion.types`` hold handles, never the weights.  LoRA nodes only add a
+:class:`WeightPatch`; the base model stays loaded once and is patched at use time.
 
 Heavy libraries are imported inside ``execute`` so that building the node registry stays light.
 """
@@ -42,12 +43,21 @@ def placement(ctx: NodeContext, device_option: str = "default"):
     return Placement(device, ctx.options.dtype)
 
 
-def load_cached(ctx: NodeContext, key: tuple, loader: Callable[[], Any], input_name: str) -> Any:
-    """``ctx.models.get`` with loading problems turned into a NodeError on ``input_name``."""
+def load_cached(ctx: NodeContext, key: tuple, loader: Callable[[], Any], input_name: str, **handle_kw: Any):
+    """``ctx.models.load(key, loader, …)`` (a model handle, loaded now) with loading problems turned
+    into a NodeError on ``input_name``."""
+    from nodes.devices import TORCH_OPS
+
+    handle_kw.setdefault("ops", TORCH_OPS)
+    return guarded(input_name, lambda: ctx.models.load(key, loader, **handle_kw))
+
+
+def guarded(input_name: str, fn: Callable[[], Any]) -> Any:
+    """Run a loading step, turning LoadError (a user-facing problem) into a NodeError on ``input_name``."""
     from nodes.diffusion.loading import LoadError
 
     try:
-        return ctx.models.get(key, loader)
+        return fn()
     except LoadError as exc:
         raise NodeError(f"{input_name}: {exc}", input_name=input_name) from exc
 
@@ -58,11 +68,16 @@ def _file_key(path: Path) -> tuple:
     return file_key(path)
 
 
-def _record(ctx: NodeContext, path: Path, module: Any, family: Any = None) -> None:
-    p = next(module.parameters(), None) if module is not None else None
+def _record(ctx: NodeContext, path: Path, value: Any, family: Any = None) -> None:
+    """Record the file, device and dtype a loader produced (and the models' handles, for the history)."""
+    from graph_runtime.model_manager import model_handles_in
+
+    handles = model_handles_in(value)
     info: dict[str, Any] = {"model_file": path.name}
-    if p is not None:
-        info.update(device=str(p.device), dtype=str(p.dtype).replace("torch.", ""))
+    if handles:
+        info.update(device=handles[0].device or handles[0].wanted_device, dtype=handles[0].dtype,
+                    models=[{"label": h.label, "files": [Path(f).name for f in h.sources], "dtype": h.dtype,
+                             "device": h.device or h.wanted_device, "size_bytes": h.size_bytes} for h in handles])
     if family is not None:
         info["family"] = getattr(family, "value", str(family))
     ctx.record(**info)
@@ -88,9 +103,8 @@ class CheckpointLoaderSimple(Node):
 
         path = resolve_file(ctx, "checkpoints", ckpt_name, "ckpt_name")
         place = placement(ctx)
-        bundle = load_cached(ctx, ("checkpoint", *_file_key(path), str(place.device), place.dtype_option),
-                             lambda: load_checkpoint(path, place, _t5_dirs(ctx)), "ckpt_name")
-        _record(ctx, path, bundle.model.denoiser, bundle.model.family)
+        bundle = guarded("ckpt_name", lambda: load_checkpoint(ctx.models, path, place, _t5_dirs(ctx)))
+        _record(ctx, path, bundle.model, bundle.model.family)
         return (bundle.model, bundle.clip, bundle.vae)
 
 
@@ -112,9 +126,8 @@ class UNETLoader(Node):
                             input_name="weight_dtype")
         path = resolve_file(ctx, "diffusion_models", unet_name, "unet_name")
         place = placement(ctx)
-        model = load_cached(ctx, ("unet", *_file_key(path), str(place.device), place.dtype_option, weight_dtype),
-                            lambda: load_diffusion_model(path, place, weight_dtype), "unet_name")
-        _record(ctx, path, model.denoiser, model.family)
+        model = guarded("unet_name", lambda: load_diffusion_model(ctx.models, path, place, weight_dtype))
+        _record(ctx, path, model, model.family)
         if weight_dtype != "default":
             ctx.record(weight_dtype=weight_dtype)
         return (model,)
@@ -147,11 +160,10 @@ def _load_text_encoders(ctx: NodeContext, names: list[tuple[str, str]], clip_typ
     kind = detected.encoders[0].kind if detected.encoders else ""
     family = _clip_family(kind, clip_type)
     place = placement(ctx, device)
-    key = ("clip", clip_type, *[k for p in paths for k in _file_key(p)], str(place.device), place.dtype_option)
     # errors name the first input unless a message mentions another file
     input_name = names[0][0]
     try:
-        return ctx.models.get(key, lambda: load_text_encoder_files(paths, family, place, _t5_dirs(ctx))), paths
+        return load_text_encoder_files(ctx.models, paths, family, place, _t5_dirs(ctx)), paths
     except LoadError as exc:
         for (inp, n), p in zip(names, paths):
             if p.name in str(exc):
@@ -173,7 +185,7 @@ class CLIPLoader(Node):
 
     def execute(self, ctx: NodeContext, clip_name: str, type: str = "stable_diffusion", device: str = "default"):
         clip, paths = _load_text_encoders(ctx, [("clip_name", clip_name)], type, device, ("stable_diffusion",))
-        _record(ctx, paths[0], next(iter(clip.encoders.values())), clip.family)
+        _record(ctx, paths[0], clip, clip.family)
         return (clip,)
 
 
@@ -192,7 +204,7 @@ class DualCLIPLoader(Node):
                 device: str = "default"):
         clip, paths = _load_text_encoders(ctx, [("clip_name1", clip_name1), ("clip_name2", clip_name2)], type,
                                           device, ("sdxl", "flux"))
-        _record(ctx, paths[0], next(iter(clip.encoders.values())), clip.family)
+        _record(ctx, paths[0], clip, clip.family)
         return (clip,)
 
 
@@ -210,9 +222,8 @@ class VAELoader(Node):
 
         path = resolve_file(ctx, "vae", vae_name, "vae_name")
         place = placement(ctx)
-        vae = load_cached(ctx, ("vae", *_file_key(path), str(place.device), place.dtype_option),
-                          lambda: load_vae(path, place), "vae_name")
-        _record(ctx, path, vae.vae)
+        vae = guarded("vae_name", lambda: load_vae(ctx.models, path, place))
+        _record(ctx, path, vae)
         return (vae,)
 
 
@@ -229,17 +240,15 @@ class DiffusersLoader(Node):
 
         folder = resolve_file(ctx, "diffusers", model_path, "model_path")
         place = placement(ctx)
-        mtime = (folder / "model_index.json").stat().st_mtime_ns if (folder / "model_index.json").exists() else 0
-        bundle = load_cached(ctx, ("diffusers", str(folder.resolve()), mtime, str(place.device), place.dtype_option),
-                             lambda: load_diffusers_folder(folder, place), "model_path")
-        _record(ctx, folder, bundle.model.denoiser, bundle.model.family)
+        bundle = guarded("model_path", lambda: load_diffusers_folder(ctx.models, folder, place))
+        _record(ctx, folder, bundle.model, bundle.model.family)
         return (bundle.model, bundle.clip, bundle.vae)
 
 
 # --- LoRA ------------------------------------------------------------------------------------
 
 class _LoraFile:
-    """A LoRA file's tensors in the model cache (size reported for the memory budget)."""
+    """A LoRA file's tensors in the model manager (size reported for the memory budget)."""
 
     def __init__(self, tensors: dict) -> None:
         self.tensors = tensors
@@ -261,7 +270,10 @@ def _lora_tensors(ctx: NodeContext, path: Path) -> dict:
         except model_files.ModelFileError as exc:
             raise LoadError(str(exc)) from exc
 
-    return load_cached(ctx, ("lora", *_file_key(path)), load, "lora_name").tensors
+    from graph_runtime.model_manager import PLAIN_OPS
+
+    return load_cached(ctx, ("lora", *_file_key(path)), load, "lora_name", ops=PLAIN_OPS,
+                       sources=[path], label=f"{path.name} (LoRA)").get().tensors
 
 
 def apply_lora(ctx: NodeContext, model, clip, lora_name: str, strength_model: float, strength_clip: float):

@@ -27,11 +27,15 @@ class UpscaleModelLoader(Node):
 
         path = resolve_file(ctx, "upscale_models", model_name, "model_name")
         place = placement(ctx)
-        desc = load_cached(ctx, ("upscale", *_file_key(path), str(place.device)),
-                           lambda: load_upscale_model(path, place.device), "model_name")
+        from nodes.devices import device_name
+
+        handle = load_cached(ctx, ("upscale", *_file_key(path), str(place.device)),
+                             lambda: load_upscale_model(path, place.device), "model_name", sources=[path],
+                             label=f"{path.name} (upscaler)", device=device_name(place.device))
+        desc = handle.get()
         ctx.record(model_file=path.name, device=str(place.device), architecture=desc.architecture.id,
                    scale=desc.scale)
-        return (desc,)
+        return (handle,)  # UPSCALE_MODEL is the handle: the cache never pins the weights
 
 
 def load_upscale_model(path, device):
@@ -110,6 +114,10 @@ class ImageUpscaleWithModel(Node):
 
         if upscale_model is None:
             raise NodeError("upscale_model: no model", input_name="upscale_model")
+        from graph_runtime.model_manager import ModelHandle
+
+        if isinstance(upscale_model, ModelHandle):  # reloaded if the manager evicted it
+            upscale_model = upscale_model.get()
         p = next(upscale_model.model.parameters())
         x = image.movedim(-1, 1).to(device=p.device, dtype=p.dtype)
         if x.shape[1] != upscale_model.input_channels:

@@ -180,6 +180,22 @@ def test_binary_previews_legacy_and_with_metadata(web_server: LiveServer) -> Non
     rich.close()
 
 
+def test_progress_text_frames_carry_node_id_and_cumulative_text(web_server: LiveServer) -> None:
+    client = WsClient(web_server.ws_url, features={"supports_preview_metadata": True})
+    prompt_id = web_server.queue({"node 7": {"class_type": "TextEmitter", "inputs": {"count": 3}}}, client.sid)
+    messages = client.wait_done(prompt_id)
+    texts = []
+    for m in messages:
+        if isinstance(m, bytes):
+            event, length = struct.unpack(">II", m[:8])
+            assert event == 3
+            texts.append((m[8:8 + length].decode(), m[8 + length:].decode()))
+    assert texts == [("node 7", "word0 "), ("node 7", "word0 word1 "), ("node 7", "word0 word1 word2 ")]
+    types = client.types(messages)
+    assert types.index("binary:3") < types.index("executed")
+    client.close()
+
+
 def test_reconnecting_with_same_client_id_replaces_the_old_socket(web_server: LiveServer) -> None:
     first = WsClient(web_server.ws_url, client_id="dup")
     second = WsClient(web_server.ws_url, client_id="dup")

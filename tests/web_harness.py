@@ -57,6 +57,22 @@ class PreviewEmitter(Node):
         return NodeResult((), {"value": [value]})
 
 
+class TextEmitter(Node):
+    """Shows ``count`` growing texts on itself through ``ctx.progress_text`` (binary frame type 3)."""
+
+    CATEGORY = "test"
+    OUTPUT_NODE = True
+    INPUTS = (Int("count", 3, min=1, max=1000),)
+    OUTPUTS = ()
+
+    def execute(self, ctx: NodeContext, count: int) -> NodeResult:
+        text = ""
+        for step in range(count):
+            text += f"word{step} "
+            ctx.progress_text(text)
+        return NodeResult((), {"text": [text]})
+
+
 class EchoOutput(Node):
     """An output node that shows its INT input (a trivial, torch-free output)."""
 
@@ -74,6 +90,7 @@ def make_registry() -> NodeRegistry:
     registry.register_module(stub_pack, "tests.stub_nodes.pack")
     registry.register(PreviewEmitter, "tests.web_harness")
     registry.register(EchoOutput, "tests.web_harness")
+    registry.register(TextEmitter, "tests.web_harness")
     return registry
 
 

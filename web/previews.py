@@ -1,8 +1,10 @@
-"""Binary WebSocket frames for preview images (ComfyUI's protocol).
+"""Binary WebSocket frames for preview images and node text (ComfyUI's protocol).
 
 Frame layout: a big-endian ``uint32`` event type, then the payload.
 
 * type 1 ``PREVIEW_IMAGE``: ``uint32`` image format (1 = JPEG, 2 = PNG), then the image bytes;
+* type 3 ``TEXT`` (progress text): ``uint32`` length of the UTF-8 node id, the node id, then
+  the UTF-8 text shown on that node (the whole text so far);
 * type 4 ``PREVIEW_IMAGE_WITH_METADATA``: ``uint32`` length of a JSON header
   ``{node_id, prompt_id, display_node_id, parent_node_id, real_node_id, image_type}``, the
   header, then the image bytes.  Sent instead of type 1 to clients that announced
@@ -16,6 +18,7 @@ import struct
 from typing import Any
 
 PREVIEW_IMAGE = 1
+PROGRESS_TEXT = 3
 PREVIEW_IMAGE_WITH_METADATA = 4
 MAX_PREVIEW_SIZE = 512
 
@@ -49,6 +52,12 @@ def encode_image(image: Any, image_format: str = "JPEG", max_size: int = MAX_PRE
         pil = pil.convert("RGB")
     pil.save(buf, format="JPEG", quality=95)
     return buf.getvalue(), "image/jpeg"
+
+
+def progress_text_frame(node_id: str, text: str) -> bytes:
+    """Type 3: ``uint32`` length of the UTF-8 node id, the node id, then the UTF-8 text."""
+    node = node_id.encode("utf-8")
+    return struct.pack(">II", PROGRESS_TEXT, len(node)) + node + text.encode("utf-8")
 
 
 def legacy_frame(data: bytes, mime: str) -> bytes:

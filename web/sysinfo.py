@@ -77,29 +77,10 @@ class SystemInfo:
             log.warning("torch could not be imported; devices are not listed", exc_info=True)
 
     def devices(self) -> list[dict[str, Any]]:
-        total, free = memory()
-        torch = sys.modules.get("torch")
-        devices: list[dict[str, Any]] = []
-        if torch is not None and hasattr(torch, "cuda"):
-            try:
-                if torch.cuda.is_available():
-                    for index in range(torch.cuda.device_count()):
-                        free_b, total_b = torch.cuda.mem_get_info(index)
-                        reserved = torch.cuda.memory_reserved(index)
-                        allocated = torch.cuda.memory_allocated(index)
-                        devices.append({"name": f"cuda:{index} {torch.cuda.get_device_name(index)}", "type": "cuda",
-                                        "index": index, "vram_total": int(total_b), "vram_free": int(free_b),
-                                        "torch_vram_total": int(reserved),
-                                        "torch_vram_free": int(reserved - allocated)})
-                elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-                    devices.append({"name": "mps", "type": "mps", "index": 0, "vram_total": total,
-                                    "vram_free": free, "torch_vram_total": total, "torch_vram_free": free})
-            except Exception:  # a driver hiccup must not break the about panel
-                log.debug("device query failed", exc_info=True)
-        if not devices:
-            devices.append({"name": "cpu", "type": "cpu", "index": 0, "vram_total": total, "vram_free": free,
-                            "torch_vram_total": total, "torch_vram_free": free})
-        return devices
+        """Each device's total and free memory and torch's allocator view (accelerators first, then the CPU)."""
+        from graph_runtime.device_memory import DeviceMemory
+
+        return DeviceMemory().devices()
 
     def stats(self) -> dict[str, Any]:
         self.start_probe()

@@ -30,7 +30,7 @@ from typing import Any, Callable
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from graph_runtime.events import Event
-from web.previews import encode_image, legacy_frame, metadata_frame
+from web.previews import encode_image, legacy_frame, metadata_frame, progress_text_frame
 from web.wsframes import encode_frame
 
 log = logging.getLogger(__name__)
@@ -175,6 +175,12 @@ class Hub:
         self._track_running(event, client_id)
         if kind == "preview":
             self._send_preview(event, self._targets(client_id))
+            return
+        if kind == "progress_text":
+            # cumulative text: a frame skipped while the socket is behind is superseded by the next
+            frame = progress_text_frame(event.display_node_id or event.node_id, event.text)
+            for client in self._targets(client_id):
+                self._offer(client, frame, lossy=True)
             return
         targets = list(self.clients.values()) if kind == "status" else self._targets(client_id)
         if not targets:

@@ -27,7 +27,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 
@@ -43,25 +43,47 @@ FAMILY_LABEL = {ModelFamily.SD15: "SD1.5", ModelFamily.SDXL: "SDXL", ModelFamily
                 ModelFamily.FLUX_DEV: "FLUX.1", ModelFamily.FLUX_SCHNELL: "FLUX.1"}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class ControlNet:
-    """CONTROL_NET: a loaded ControlNet module and how to feed it.
+    """CONTROL_NET: a ControlNet (through a model handle) and how to feed it.
 
     ``kind`` is "unet" (ControlNetModel, residuals for UNet skip connections) or "flux"
     (FluxControlNetModel, residuals for transformer blocks).  ``family`` is the model family it
     was trained for (FLUX ControlNets serve dev and schnell alike).  ``hint_space`` says what the
     hint is: "pixels" (0..1 image, SD ControlNets), "pixels_signed" (-1..1 image, XLabs) or
-    "latent" (VAE latent of the image, InstantX/diffusers FLUX).
+    "latent" (VAE latent of the image, InstantX/diffusers FLUX).  ``weights`` is the model
+    manager's handle (or a :class:`Resident` module); ``module`` loads it back after an eviction.
     """
 
-    module: torch.nn.Module = field(hash=False, compare=False)
-    kind: str
-    family: ModelFamily
-    layout: str
+    weights: Any = field(hash=False, compare=False)
+    kind: str = "unet"
+    family: ModelFamily = ModelFamily.SD15
+    layout: str = ""
     source: str = ""
     hint_space: str = "pixels"
     blocks_repeat: bool = False       # XLabs: residual i feeds transformer block j with j % n == i
     union_mode: int | None = None     # union ControlNets: the control type id (None: not a union model)
+
+    def __init__(self, module: Any = None, kind: str = "unet", family: ModelFamily = ModelFamily.SD15,
+                 layout: str = "", source: str = "", hint_space: str = "pixels", blocks_repeat: bool = False,
+                 union_mode: int | None = None, *, weights: Any = None) -> None:
+        from nodes.diffusion.types import _init, _ref
+
+        _init(self, weights=_ref(weights, module, "module"), kind=kind, family=family, layout=layout, source=source,
+              hint_space=hint_space, blocks_repeat=blocks_repeat, union_mode=union_mode)
+
+    @property
+    def module(self) -> torch.nn.Module:
+        value = self.weights.get()
+        return value.module if isinstance(value, ControlNet) else value
+
+    def torch_modules(self) -> list:
+        return [self.module]
+
+    def model_handles(self) -> tuple:
+        from nodes.diffusion.types import _handles
+
+        return _handles(self.weights)
 
     @property
     def name(self) -> str:

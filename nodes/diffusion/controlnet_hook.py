@@ -120,6 +120,12 @@ class ControlNetHook(ControlHook):
     previous: ControlHook | None = None
     _hints: dict = field(default_factory=dict, repr=False)
 
+    def model_handles(self) -> tuple:
+        """The ControlNet's, the VAE's and the previous hooks' model handles (needed while sampling)."""
+        from graph_runtime.model_manager import model_handles_in
+
+        return tuple(model_handles_in([self.control, self.vae, self.previous]))
+
     def active(self, percent: float) -> bool:
         return self.strength != 0 and self.start_percent - 1e-9 <= percent <= self.end_percent + 1e-9
 

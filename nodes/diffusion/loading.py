@@ -1,10 +1,14 @@
 """Turn model files into MODEL / CLIP / VAE values (the work behind the loader nodes).
 
-Why a module of its own: the nodes stay thin (resolve the file name, call one function through
-``ctx.models.get``), while the rules — what a file is, which parts it holds, which config and
+Why a module of its own: the nodes stay thin (resolve the file name, call one function with
+``ctx.models``), while the rules — what a file is, which parts it holds, which config and
 tokenizer go with it — live here where tests can call them directly.  Every failure a user can
 cause (wrong file, truncated file, missing tokenizer) surfaces as :class:`LoadError`, which the
 nodes turn into a NodeError naming their input.
+
+Every loaded part (a denoiser, a set of text encoders, a VAE) is a model handle owned by the
+model manager (:mod:`graph_runtime.model_manager`): the MODEL/CLIP/VAE values hold handles, so
+the output cache never pins weights, and an evicted part is read again from its file on use.
 """
 from __future__ import annotations
 
@@ -15,6 +19,8 @@ from typing import Iterable, Sequence
 
 import torch
 
+from graph_runtime.model_manager import ModelHandle, ModelManager, as_ref
+from nodes import devices
 from nodes.diffusion import configs, families, model_files
 from nodes.diffusion.families import Detected, LOADER_FOR_KIND
 from nodes.diffusion.model_files import ModelFileError, strip_prefix
@@ -32,37 +38,22 @@ class LoadError(Exception):
 
 def resolve_device(option: str | None) -> torch.device:
     """RuntimeOptions.device → torch.device ("auto": CUDA when available) — same rule as the sampler."""
-    if option in ("", "auto", None):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(option)
+    return devices.resolve_device(option)
 
 
 def resolve_dtype(option: str | None, device: torch.device, family: ModelFamily | None = None) -> torch.dtype:
-    """RuntimeOptions.dtype → dtype ("auto": fp32 on CPU, bf16 for FLUX, fp16 otherwise) — same rule as the sampler."""
-    table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-    if option in table:
-        return table[option]
-    if device.type == "cpu":
-        return torch.float32
-    if family is not None and family.is_flux:
-        return torch.bfloat16
-    return torch.float16
+    """The denoiser's dtype (fp32 on CPU; bf16 where supported, else fp16) — same rule as the sampler."""
+    return devices.precision("denoiser", device, option, flux=family is not None and family.is_flux)
 
 
-def encoder_dtype(option: str | None, device: torch.device) -> torch.dtype:
-    """Text encoders: fp32 on CPU, else the requested dtype or bf16 (T5 overflows in fp16)."""
-    table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-    if option in table:
-        return table[option]
-    return torch.float32 if device.type == "cpu" else torch.bfloat16
+def encoder_dtype(option: str | None, device: torch.device, kind: str = "clip_l") -> torch.dtype:
+    """Text encoders: fp32 on CPU; bf16 where supported; T5 stays fp32 where only fp16 is (it overflows)."""
+    return devices.precision("t5" if kind == "t5xxl" else "text_encoder", device, option)
 
 
 def vae_dtype(option: str | None, device: torch.device) -> torch.dtype:
-    """VAEs: fp32 on CPU; bf16 on GPUs under "auto" (SD/SDXL VAEs overflow in fp16)."""
-    table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-    if option in table:
-        return table[option]
-    return torch.float32 if device.type == "cpu" else torch.bfloat16
+    """VAEs: fp32 on CPU; bf16 where supported, else fp32 (SD/SDXL VAEs overflow in fp16)."""
+    return devices.precision("vae", device, option)
 
 
 @dataclass(frozen=True)
@@ -71,14 +62,33 @@ class Placement:
     dtype_option: str = "auto"
 
 
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def _estimate(shapes: dict, prefixes: Sequence[str] | None, dtype: torch.dtype) -> int:
+    """Bytes the tensors under ``prefixes`` will take once cast to ``dtype`` (placement before loading)."""
+    import math
+
+    size = torch.empty((), dtype=dtype).element_size()
+    return sum(math.prod(shape) * size for name, shape in shapes.items()
+               if prefixes is None or name.startswith(tuple(prefixes)))
+
+
 # --- inspection ------------------------------------------------------------------------------
 
 def inspect_file(path: Path) -> tuple[Detected, dict[str, str]]:
+    detected, _, meta = inspect_shapes(path)
+    return detected, meta
+
+
+def inspect_shapes(path: Path) -> tuple[Detected, dict[str, tuple], dict[str, str]]:
+    """(what the file is, its tensor shapes, its metadata) from the header alone."""
     try:
         shapes, meta = model_files.inspect(path)
     except ModelFileError as exc:
         raise LoadError(str(exc)) from exc
-    return families.detect(shapes), meta
+    return families.detect(shapes), shapes, meta
 
 
 def wrong_kind(path: Path, detected: Detected, wanted: str) -> LoadError:
@@ -109,14 +119,34 @@ def _guard(path: Path, fn, *args, **kwargs):
         raise LoadError(str(exc)) from exc
 
 
+# --- handles ---------------------------------------------------------------------------------
+
+def _handle(models: ModelManager, key: tuple, loader, *, place: Placement, sources: Sequence[Path], label: str,
+            estimate: int | None, dtype: torch.dtype, options: dict | None = None) -> ModelHandle:
+    """Register (or find) the manager's handle for one loadable part, and load it now.
+
+    Loading now keeps errors on the loader node that caused them; later uses reload through the
+    same ``loader`` if the manager evicted the part meanwhile.
+    """
+    return models.load(key, loader, ops=devices.TORCH_OPS, device=devices.device_name(place.device),
+                       sources=[str(p) for p in sources], label=label, estimate_bytes=estimate,
+                       dtype=_dtype_name(dtype), options=options)
+
+
+def _base_key(kind: str, path: Path, place: Placement) -> tuple:
+    return (kind, *model_files.file_key(path), str(place.device), place.dtype_option)
+
+
 # --- denoisers -------------------------------------------------------------------------------
 
-def make_model(family: ModelFamily, denoiser: torch.nn.Module, source: str, prediction_type: str | None = None) -> DiffusionModel:
+def make_model(family: ModelFamily, denoiser, source: str, prediction_type: str | None = None, *,
+               quantization: str = "none") -> DiffusionModel:
+    """MODEL metadata for ``family`` around a denoiser ref (a handle) or module."""
     pred = prediction_type or ("flow" if family.is_flux else "epsilon")
     scale, shift = configs.VAE_LATENT_FORMAT[family]
-    return DiffusionModel(family=family, denoiser=denoiser, prediction_type=pred,
+    return DiffusionModel(family=family, weights=as_ref(denoiser), prediction_type=pred,
                           scheduler_config=configs.scheduler_config(family, pred if pred != "flow" else "epsilon"),
-                          source=source, latent_scale=scale, latent_shift=shift)
+                          source=source, latent_scale=scale, latent_shift=shift, quantization=quantization)
 
 
 def _build_denoiser(path: Path, detected: Detected, sd: dict[str, torch.Tensor], dtype: torch.dtype):
@@ -135,34 +165,74 @@ def _prediction_type(sd_keys: Iterable[str]) -> str | None:
     return "v_prediction" if "v_pred" in set(sd_keys) else None
 
 
-def load_diffusion_model(path: Path, place: Placement, weight_dtype: str = "default") -> DiffusionModel:
+FP8_STORAGE = {"fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e4m3fn_fast": torch.float8_e4m3fn,
+               "fp8_e5m2": torch.float8_e5m2}
+
+
+def _denoiser_loader(path: Path, detected: Detected, dtype: torch.dtype, device: torch.device,
+                     weight_dtype: str = "default"):
+    prefixes = [detected.prefix] if detected.prefix else None
+
+    def load() -> torch.nn.Module:
+        sd = _load_tensors(path, prefixes)
+        denoiser = _build_denoiser(path, detected, sd, dtype).to(device)
+        del sd
+        storage = FP8_STORAGE.get(weight_dtype)
+        if storage is not None:
+            # weights stored in fp8, upcast layer by layer at compute time (diffusers layerwise casting)
+            from nodes.quantize.methods import fp8_storage
+
+            fp8_storage(denoiser, storage, dtype)
+        return denoiser
+
+    return load
+
+
+def denoiser_handle(models: ModelManager, path: Path, place: Placement, kind: str = "unet",
+                    weight_dtype: str = "default", detected: Detected | None = None,
+                    shapes: dict | None = None) -> tuple[ModelHandle, Detected, dict]:
+    """The handle of a file's denoiser (a diffusion model file, or a checkpoint's UNet/transformer)."""
+    if detected is None or shapes is None:
+        detected, shapes, _ = inspect_shapes(path)
+    if detected.family is None:
+        raise _unsupported(path, detected)
+    dtype = resolve_dtype(place.dtype_option, place.device, detected.family)
+    prefixes = [detected.prefix] if detected.prefix else None
+    estimate = _estimate(shapes, prefixes, dtype)
+    if weight_dtype in FP8_STORAGE:
+        estimate //= max(torch.empty((), dtype=dtype).element_size(), 1)
+    key = _base_key(kind, path, place) + (("model",) if kind == "checkpoint" else (weight_dtype,))
+    name = families.FAMILY_NAMES.get(detected.family, str(detected.family))
+    options = {"weight_dtype": weight_dtype} if weight_dtype != "default" else None
+    handle = _handle(models, key, _denoiser_loader(path, detected, dtype, place.device, weight_dtype), place=place,
+                     sources=[path], label=f"{path.name} ({name} denoiser)", estimate=estimate, dtype=dtype,
+                     options=options)
+    return handle, detected, shapes
+
+
+def load_diffusion_model(models: ModelManager, path: Path, place: Placement,
+                         weight_dtype: str = "default") -> DiffusionModel:
     """UNETLoader: a denoiser file (LDM/SGM UNet, BFL or diffusers FLUX, diffusers UNet)."""
-    detected, _ = inspect_file(path)
+    detected, shapes, _ = inspect_shapes(path)
     if detected.kind == "checkpoint":
         pass  # a full checkpoint in diffusion_models/: take its denoiser, as ComfyUI does
     elif detected.kind != "diffusion_model":
         raise wrong_kind(path, detected, "a diffusion model (UNet / FLUX transformer)")
-    if detected.family is None:
-        raise _unsupported(path, detected)
-    dtype = resolve_dtype(place.dtype_option, place.device, detected.family)
-    sd = _load_tensors(path, [detected.prefix] if detected.prefix else None)
-    denoiser = _build_denoiser(path, detected, sd, dtype).to(place.device)
-    storage = {"fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e4m3fn_fast": torch.float8_e4m3fn,
-               "fp8_e5m2": torch.float8_e5m2}.get(weight_dtype)
-    if storage is not None:
-        # weights stored in fp8, upcast layer by layer at compute time (diffusers layerwise casting)
-        denoiser.enable_layerwise_casting(storage_dtype=storage, compute_dtype=dtype)
-    model = make_model(detected.family, denoiser, str(path), _prediction_type(sd))
-    if storage is not None:
+    handle, detected, shapes = denoiser_handle(models, path, place, "unet", weight_dtype, detected, shapes)
+    quant = weight_dtype.replace("_fast", "") if weight_dtype in FP8_STORAGE else "none"
+    model = make_model(detected.family, handle, str(path), _prediction_type(shapes), quantization=quant)
+    if weight_dtype in FP8_STORAGE:
         model = replace(model, sampling={**model.sampling, "weight_dtype": weight_dtype})
     return model
 
 
 # --- VAE -------------------------------------------------------------------------------------
 
-def make_vae(vae: torch.nn.Module, source: str) -> VaeModel:
-    cfg = vae.config
-    return VaeModel(vae=vae, scaling_factor=float(cfg.scaling_factor),
+def make_vae(vae, source: str) -> VaeModel:
+    """VAE metadata read from the loaded AutoencoderKL's config, around its ref (a handle) or module."""
+    ref = as_ref(vae)
+    cfg = ref.get().config
+    return VaeModel(weights=ref, scaling_factor=float(cfg.scaling_factor),
                     shift_factor=float(getattr(cfg, "shift_factor", None) or 0.0),
                     latent_channels=int(cfg.latent_channels), downscale=2 ** (len(cfg.block_out_channels) - 1),
                     source=source)
@@ -176,32 +246,44 @@ def _vae_format(latent_channels: int, family: ModelFamily | None) -> tuple[float
     return configs.VAE_LATENT_FORMAT[ModelFamily.SD15][0], None
 
 
-def _build_vae(path: Path, sd: dict[str, torch.Tensor], layout: str, family: ModelFamily | None,
-               place: Placement) -> VaeModel:
+def _vae_loader(path: Path, prefix: str, layout: str, family: ModelFamily | None, place: Placement):
     from nodes.diffusion import single_file as sf
 
-    latent = sd["decoder.conv_in.weight"].shape[1] if "decoder.conv_in.weight" in sd else 4
-    scale, shift = _vae_format(latent, family)
+    def load() -> torch.nn.Module:
+        sd = _load_tensors(path, [prefix] if prefix else None)
+        if prefix:
+            sd = strip_prefix(sd, prefix)
+        latent = sd["decoder.conv_in.weight"].shape[1] if "decoder.conv_in.weight" in sd else 4
+        scale, shift = _vae_format(latent, family)
+        vae = _guard(path, sf.build_vae, sd, path.name, scale, shift, vae_dtype(place.dtype_option, place.device),
+                     layout=layout)
+        return vae.to(place.device)
+
+    return load
+
+
+def _vae_handle(models: ModelManager, path: Path, key: tuple, prefix: str, layout: str, family: ModelFamily | None,
+                place: Placement, shapes: dict) -> ModelHandle:
     dtype = vae_dtype(place.dtype_option, place.device)
-    vae = _guard(path, sf.build_vae, sd, path.name, scale, shift, dtype, layout=layout)
-    return make_vae(vae.to(place.device), str(path))
+    return _handle(models, key, _vae_loader(path, prefix, layout, family, place), place=place, sources=[path],
+                   label=f"{path.name} (VAE)", estimate=_estimate(shapes, [prefix] if prefix else None, dtype),
+                   dtype=dtype)
 
 
-def load_vae(path: Path, place: Placement) -> VaeModel:
+def load_vae(models: ModelManager, path: Path, place: Placement) -> VaeModel:
     """VAELoader: an LDM/BFL (``ae.safetensors``) or diffusers-layout VAE file."""
-    detected, _ = inspect_file(path)
+    detected, shapes, _ = inspect_shapes(path)
+    key = _base_key("vae", path, place)
     if detected.kind == "checkpoint" and detected.vae_prefix:
-        sd = strip_prefix(_load_tensors(path, [detected.vae_prefix]), detected.vae_prefix)
-        return _build_vae(path, sd, "ldm", detected.family, place)
+        handle = _vae_handle(models, path, key, detected.vae_prefix, "ldm", detected.family, place, shapes)
+        return make_vae(handle, str(path))
     if detected.kind != "vae":
         raise wrong_kind(path, detected, "a VAE")
     if detected.family is None:
         raise LoadError(f"{path.name} is a VAE with {detected.notes.get('latent_channels')} latent channels; "
                         f"supported are 4 (SD1.5/SDXL) and 16 (FLUX).")
-    sd = _load_tensors(path)
-    if detected.prefix:
-        sd = strip_prefix(sd, detected.prefix)
-    return _build_vae(path, sd, detected.layout, None, place)
+    handle = _vae_handle(models, path, key, detected.prefix, detected.layout, None, place, shapes)
+    return make_vae(handle, str(path))
 
 
 # --- text encoders ---------------------------------------------------------------------------
@@ -237,37 +319,55 @@ def _check_t5_vocab(tokenizer, encoder, path: Path) -> None:
                         f"{rows}; it belongs to another model")
 
 
-def _encoder_entries(path: Path, detected: Detected, sd: dict[str, torch.Tensor], kinds: Sequence[str],
-                     place: Placement, t5_dirs: Sequence[Path]) -> tuple[dict, dict]:
+@dataclass(frozen=True)
+class _EncoderPart:
+    """One text encoder to build: from which file, under which prefix, in which role."""
+
+    path: Path
+    kind: str          # the role: clip_l / clip_g / t5xxl
+    prefix: str
+    layout: str
+
+
+def _encoders_loader(parts: Sequence[_EncoderPart], tokenizers: dict, place: Placement):
     from nodes.diffusion import single_file as sf
 
-    encoders, tokenizers = {}, {}
+    def load() -> dict:
+        encoders = {}
+        for part in parts:
+            sd = _load_tensors(part.path, [part.prefix] if part.prefix else None)
+            dtype = encoder_dtype(place.dtype_option, place.device, part.kind)
+            module = _guard(part.path, sf.build_encoder, sd, part.kind, part.prefix, part.layout, part.path.name, dtype)
+            del sd
+            if part.kind == "t5xxl":
+                _check_t5_vocab(tokenizers[part.kind], module, part.path)
+            encoders[part.kind] = module.to(place.device)
+        return encoders
+
+    return load
+
+
+def _encoders_handle(models: ModelManager, key: tuple, parts: Sequence[_EncoderPart], tokenizers: dict,
+                     place: Placement, shapes: dict[Path, dict], label: str) -> ModelHandle:
+    estimate = sum(_estimate(shapes[p.path], [p.prefix] if p.prefix else None,
+                             encoder_dtype(place.dtype_option, place.device, p.kind)) for p in parts)
     dtype = encoder_dtype(place.dtype_option, place.device)
-    by_kind = {e.kind: e for e in detected.encoders}
-    for kind in kinds:
-        enc = by_kind.get(kind)
-        if enc is None:
-            continue
-        tokenizers[kind] = _tokenizer_for(kind, path, t5_dirs)  # before the (slow) weights: fail fast
-        module = _guard(path, sf.build_encoder, sd, kind, enc.prefix, enc.layout, path.name, dtype)
-        if kind == "t5xxl":
-            _check_t5_vocab(tokenizers[kind], module, path)
-        encoders[kind] = module.to(place.device)
-    return encoders, tokenizers
+    return _handle(models, key, _encoders_loader(parts, tokenizers, place), place=place,
+                   sources=list(dict.fromkeys(p.path for p in parts)), label=label, estimate=estimate, dtype=dtype)
 
 
-def load_text_encoder_files(paths: Sequence[Path], family: ModelFamily, place: Placement,
-                            t5_dirs: Sequence[Path]) -> TextEncoders:
+def load_text_encoder_files(models: ModelManager, paths: Sequence[Path], family: ModelFamily, place: Placement,
+                            t5_dirs: Sequence[Path], key_kind: str = "clip") -> TextEncoders:
     """CLIPLoader / DualCLIPLoader: encoders from separate files, assigned to the family's roles.
 
     Each file's kind comes from its tensors; files whose kind is ambiguous (tiny CLIPs) take the
     role left open, in input order.
     """
     wanted = list(FAMILY_ENCODERS[family])
-    encoders, tokenizers = {}, {}
     found: list[tuple[Path, Detected]] = []
+    shapes: dict[Path, dict] = {}
     for path in paths:
-        detected, _ = inspect_file(path)
+        detected, shapes[path], _ = inspect_shapes(path)
         if detected.kind != "text_encoder":
             raise wrong_kind(path, detected, "a text encoder")
         if detected.unsupported:
@@ -292,68 +392,69 @@ def load_text_encoder_files(paths: Sequence[Path], family: ModelFamily, place: P
                             f"(one file each).")
         role = clip_roles[0]
         open_roles.remove(role)
-        enc = det.encoders[0]
-        assigned[i] = (path, Detected(det.kind, det.family, det.layout, det.prefix,
-                                      encoders=(families.Encoder(role, enc.prefix, enc.layout),)), role)
-    for path, det, kind in assigned:
-        sd = _load_tensors(path)
-        e, t = _encoder_entries(path, det, sd, [kind], place, t5_dirs)
-        encoders.update(e)
-        tokenizers.update(t)
-    missing = [k for k in wanted if k not in encoders]
+        assigned[i] = (path, det, role)
+    missing = [k for k in wanted if k not in {kind for _, _, kind in assigned}]
     if missing:
         raise LoadError(f"{FAMILY_NAMES_SHORT[family]} needs {' + '.join(ENCODER_NAMES[k] for k in wanted)}; "
                         f"missing {', '.join(ENCODER_NAMES[k] for k in missing)}.")
-    return TextEncoders(family=family, encoders=encoders, tokenizers=tokenizers,
+    parts = [_EncoderPart(path, kind, det.encoders[0].prefix, det.encoders[0].layout) for path, det, kind in assigned]
+    tokenizers = {part.kind: _tokenizer_for(part.kind, part.path, t5_dirs) for part in parts}  # fail fast
+    key = (key_kind, family.value, *[k for p in paths for k in model_files.file_key(p)], str(place.device),
+           place.dtype_option)
+    label = " + ".join(p.name for p in paths) + " (text encoders)"
+    handle = _encoders_handle(models, key, parts, tokenizers, place, shapes, label)
+    return TextEncoders(family=family, weights=handle, tokenizers=tokenizers,
                         source=" + ".join(str(p) for p in paths))
-
 
 
 # --- checkpoints -----------------------------------------------------------------------------
 
 @dataclass
 class Bundle:
-    """What CheckpointLoaderSimple caches: the three values of one file."""
+    """What CheckpointLoaderSimple returns: the three values of one file (each holding a handle)."""
 
     model: DiffusionModel
     clip: TextEncoders | None
     vae: VaeModel | None
 
-    def size_bytes(self) -> int:
-        total = 0
-        modules = [self.model.denoiser]
-        modules += list(self.clip.encoders.values()) if self.clip else []
-        modules += [self.vae.vae] if self.vae else []
-        for m in modules:
-            total += sum(p.numel() * p.element_size() for p in m.parameters())
-        return total
+    def model_handles(self) -> tuple:
+        return tuple(h for v in (self.model, self.clip, self.vae) if v is not None for h in v.model_handles())
 
 
-def load_checkpoint(path: Path, place: Placement, t5_dirs: Sequence[Path]) -> Bundle:
-    """CheckpointLoaderSimple: an all-in-one file (SD1.5 / SDXL LDM layout, ComfyUI's FLUX layout)."""
-    detected, _ = inspect_file(path)
+def load_checkpoint(models: ModelManager, path: Path, place: Placement, t5_dirs: Sequence[Path]) -> Bundle:
+    """CheckpointLoaderSimple: an all-in-one file (SD1.5 / SDXL LDM layout, ComfyUI's FLUX layout).
+
+    The denoiser, the text encoders and the VAE are three handles, each reading only its own
+    tensors, so the manager can evict the text encoders while the sampler runs.
+    """
+    detected, shapes, _ = inspect_shapes(path)
     if detected.kind != "checkpoint":
         raise wrong_kind(path, detected, "a checkpoint")
     if detected.family is None:
         raise _unsupported(path, detected)
     family = detected.family
-    sd = _load_tensors(path)
-    dtype = resolve_dtype(place.dtype_option, place.device, family)
-    denoiser = _build_denoiser(path, detected, sd, dtype).to(place.device)
-    model = make_model(family, denoiser, str(path), _prediction_type(sd))
+    handle, _, _ = denoiser_handle(models, path, place, "checkpoint", detected=detected, shapes=shapes)
+    model = make_model(family, handle, str(path), _prediction_type(shapes))
     clip = None
     if detected.encoders:
-        encoders, tokenizers = _encoder_entries(path, detected, sd, FAMILY_ENCODERS[family], place, t5_dirs)
-        clip = TextEncoders(family=family, encoders=encoders, tokenizers=tokenizers, source=str(path))
+        by_kind = {e.kind: e for e in detected.encoders}
+        parts = [_EncoderPart(path, kind, by_kind[kind].prefix, by_kind[kind].layout)
+                 for kind in FAMILY_ENCODERS[family] if kind in by_kind]
+        tokenizers = {part.kind: _tokenizer_for(part.kind, path, t5_dirs) for part in parts}
+        enc_handle = _encoders_handle(models, _base_key("checkpoint", path, place) + ("clip",), parts, tokenizers,
+                                      place, {path: shapes}, f"{path.name} (text encoders)")
+        clip = TextEncoders(family=family, weights=enc_handle, tokenizers=tokenizers, source=str(path))
     vae = None
     if detected.vae_prefix:
-        vae = _build_vae(path, strip_prefix(sd, detected.vae_prefix), "ldm", family, place)
+        vae_h = _vae_handle(models, path, _base_key("checkpoint", path, place) + ("vae",), detected.vae_prefix,
+                            "ldm", family, place, shapes)
+        vae = make_vae(vae_h, str(path))
     return Bundle(model, clip, vae)
 
 
 # --- diffusers folders -----------------------------------------------------------------------
 
-def load_diffusers_folder(folder: Path, place: Placement) -> Bundle:
+def load_diffusers_folder(models: ModelManager, folder: Path, place: Placement) -> Bundle:
     """DiffusersLoader: a ``save_pretrained`` pipeline folder (SD1.5, SDXL or FLUX), read offline."""
     import json
 
@@ -372,39 +473,50 @@ def load_diffusers_folder(folder: Path, place: Placement) -> Bundle:
     import transformers
 
     dtype = resolve_dtype(place.dtype_option, place.device, family)
-    edtype = encoder_dtype(place.dtype_option, place.device)
+    base = ("diffusers", str(folder.resolve()), index.stat().st_mtime_ns, str(place.device), place.dtype_option)
 
     def part(sub: str, lib, cls: str, dt):
         try:
-            return getattr(lib, cls).from_pretrained(str(folder / sub), local_files_only=True, torch_dtype=dt).eval()
+            module = getattr(lib, cls).from_pretrained(str(folder / sub), local_files_only=True, torch_dtype=dt)
         except (OSError, ValueError) as exc:
             raise LoadError(f"{folder.name}/{sub} could not be loaded ({exc})") from exc
+        return module.eval().to(place.device)
+
+    def part_handle(sub: str, lib, cls: str, dt) -> ModelHandle:
+        return _handle(models, base + (sub,), lambda: part(sub, lib, cls, dt), place=place, sources=[folder / sub],
+                       label=f"{folder.name}/{sub}", estimate=None, dtype=dt)
 
     if family.is_flux:
-        denoiser = part("transformer", diffusers, "FluxTransformer2DModel", dtype)
-        family = ModelFamily.FLUX_DEV if denoiser.config.guidance_embeds else ModelFamily.FLUX_SCHNELL
+        den_h = part_handle("transformer", diffusers, "FluxTransformer2DModel", dtype)
+        family = ModelFamily.FLUX_DEV if den_h.get().config.guidance_embeds else ModelFamily.FLUX_SCHNELL
     else:
-        denoiser = part("unet", diffusers, "UNet2DConditionModel", dtype)
-    model = make_model(family, denoiser.to(place.device), str(folder))
+        den_h = part_handle("unet", diffusers, "UNet2DConditionModel", dtype)
+    model = make_model(family, den_h, str(folder))
     sched_cfg = folder / "scheduler" / "scheduler_config.json"
     if sched_cfg.is_file():
         cfg = json.loads(sched_cfg.read_text())
         pred = cfg.get("prediction_type")
         model = replace(model, scheduler_config={**model.scheduler_config, **cfg},
                         prediction_type=model.prediction_type if family.is_flux else (pred or "epsilon"))
-    encoders, tokenizers = {}, {}
+    tokenizers: dict = {}
     te_parts = {"text_encoder": "clip_l", "text_encoder_2": "t5xxl" if family.is_flux else "clip_g"}
+    te_parts = {sub: kind for sub, kind in te_parts.items() if (folder / sub).is_dir()}
     for sub, kind in te_parts.items():
-        if not (folder / sub).is_dir():
-            continue
-        cls = {"clip_l": "CLIPTextModel", "clip_g": "CLIPTextModelWithProjection", "t5xxl": "T5EncoderModel"}[kind]
-        encoders[kind] = part(sub, transformers, cls, edtype).to(place.device)
         tok_dir = folder / ("tokenizer" if sub == "text_encoder" else "tokenizer_2")
         try:
             tokenizers[kind] = (clip_tokenizer(kind) if kind != "t5xxl" else load_t5_tokenizer(tok_dir))
         except Exception as exc:  # noqa: BLE001
             raise LoadError(f"{folder.name}: tokenizer for {sub} could not be loaded ({exc})") from exc
-    vae = make_vae(part("vae", diffusers, "AutoencoderKL", vae_dtype(place.dtype_option, place.device)).to(place.device),
-                   str(folder))
-    clip = TextEncoders(family=family, encoders=encoders, tokenizers=tokenizers, source=str(folder))
-    return Bundle(model, clip, vae)
+    classes = {"clip_l": "CLIPTextModel", "clip_g": "CLIPTextModelWithProjection", "t5xxl": "T5EncoderModel"}
+    edtype = encoder_dtype(place.dtype_option, place.device)
+
+    def encoders() -> dict:
+        return {kind: part(sub, transformers, classes[kind], encoder_dtype(place.dtype_option, place.device, kind))
+                for sub, kind in te_parts.items()}
+
+    enc_h = _handle(models, base + ("text_encoders",), encoders, place=place,
+                    sources=[folder / sub for sub in te_parts], label=f"{folder.name} (text encoders)", estimate=None,
+                    dtype=edtype)
+    vae_h = part_handle("vae", diffusers, "AutoencoderKL", vae_dtype(place.dtype_option, place.device))
+    clip = TextEncoders(family=family, weights=enc_h, tokenizers=tokenizers, source=str(folder))
+    return Bundle(model, clip, make_vae(vae_h, str(folder)))

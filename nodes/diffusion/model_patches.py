@@ -57,10 +57,21 @@ def patched_weights(model: DiffusionModel) -> Iterator[torch.nn.Module]:
 
 @contextlib.contextmanager
 def patched_denoiser(model: DiffusionModel, device: torch.device, dtype: torch.dtype) -> Iterator[torch.nn.Module]:
-    """Move the denoiser to ``device``/``dtype`` and apply its merges and patches for one run."""
+    """Move the denoiser to ``device``/``dtype`` and apply its merges and patches for one run.
+
+    A quantized denoiser keeps its storage dtype (its layers compute in the right dtype
+    themselves; bitsandbytes layers cannot be cast at all), and a block-offloaded one is placed
+    layer by layer by its own hooks.
+    """
+    from nodes.devices import is_block_offloaded
+
     module = model.denoiser
     first = next(module.parameters(), None)
-    if first is not None and (first.device != device or first.dtype != dtype):
-        module.to(device=device, dtype=dtype)
+    if first is not None and not is_block_offloaded(module):
+        if getattr(model, "quantization", "none") != "none":
+            if first.device != device:
+                module.to(device=device)
+        elif first.device != device or first.dtype != dtype:
+            module.to(device=device, dtype=dtype)
     with patched_weights(model) as m:
         yield m

@@ -8,9 +8,11 @@ Conventions (kept from ComfyUI so shared workflows mean the same thing here):
 * ``CONDITIONING`` is a list of :class:`CondEntry` — one per prompt area/strength
   (ConditioningCombine concatenates lists; ConditioningSet* copy entries with new options).
 * ``IMAGE`` is ``Tensor[B, H, W, C]`` float 0..1, ``MASK`` is ``Tensor[B, H, W]``.
-* MODEL/CLIP/VAE objects are immutable handles: nodes that patch them (LoRA, CLIPSetLastLayer,
-  ModelSamplingFlux) return a copy via ``dataclasses.replace`` sharing the loaded weights, so a
-  base model stays resident across LoRA changes and patches are applied at sampling time.
+* MODEL/CLIP/VAE objects are immutable values holding a model handle (``weights``) owned by the
+  model manager, never the modules themselves: the output cache does not pin memory, and
+  ``/free`` or an eviction really releases it.  Nodes that patch them (LoRA, CLIPSetLastLayer,
+  ModelSamplingFlux) return a copy via ``dataclasses.replace`` sharing the handle, so a base
+  model stays loaded once across LoRA changes and patches are applied at sampling time.
 """
 from __future__ import annotations
 
@@ -51,14 +53,20 @@ class WeightPatch:
     deltas: dict[str, Any] = field(hash=False, compare=False)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class DiffusionModel:
-    """MODEL: the denoiser (UNet2DConditionModel or FluxTransformer2DModel) and how to sample it."""
+    """MODEL: the denoiser (UNet2DConditionModel or FluxTransformer2DModel) and how to sample it.
+
+    ``weights`` is a model handle (:class:`graph_runtime.model_manager.ModelHandle`) owned by the
+    model manager, so this value — kept in the output cache, shared by LoRA copies — never pins
+    the denoiser's memory; ``denoiser`` loads it back if it was evicted.  Constructing with
+    ``denoiser=<module>`` (tests, tools) wraps the module in a :class:`Resident` ref.
+    """
 
     family: ModelFamily
-    denoiser: torch.nn.Module = field(hash=False, compare=False)
-    prediction_type: str              # "epsilon" | "v_prediction" | "flow"
-    scheduler_config: dict = field(hash=False, compare=False)  # diffusers scheduler config of this model
+    weights: Any = field(hash=False, compare=False)   # ModelRef whose get() is the denoiser module
+    prediction_type: str = "epsilon"   # "epsilon" | "v_prediction" | "flow"
+    scheduler_config: dict = field(default_factory=dict, hash=False, compare=False)  # diffusers scheduler config
     source: str = ""                  # file or folder it came from
     patches: tuple[WeightPatch, ...] = ()
     sampling: dict = field(default_factory=dict, hash=False, compare=False)  # e.g. {"shift": 1.15, "max_shift":…}
@@ -68,37 +76,106 @@ class DiffusionModel:
     # these from the checkpoint's VAE config so non-standard VAEs (and tiny test models) round-trip.
     latent_scale: float | None = None
     latent_shift: float | None = None
+    quantization: str = "none"        # how the weights are stored (nodes.quantize.capabilities names)
+
+    def __init__(self, family: ModelFamily, denoiser: Any = None, prediction_type: str = "epsilon",
+                 scheduler_config: dict | None = None, source: str = "", patches: tuple = (),
+                 sampling: dict | None = None, merges: tuple = (), latent_scale: float | None = None,
+                 latent_shift: float | None = None, quantization: str = "none", *, weights: Any = None) -> None:
+        _init(self, family=family, weights=_ref(weights, denoiser, "denoiser"), prediction_type=prediction_type,
+              scheduler_config=dict(scheduler_config or {}), source=source, patches=tuple(patches),
+              sampling=dict(sampling or {}), merges=tuple(merges), latent_scale=latent_scale,
+              latent_shift=latent_shift, quantization=quantization)
+
+    @property
+    def denoiser(self) -> "torch.nn.Module":
+        """The loaded denoiser (reloaded if the manager evicted it)."""
+        return self.weights.get()
 
     def with_patch(self, patch: WeightPatch) -> "DiffusionModel":
         return replace(self, patches=self.patches + (patch,))
 
+    def model_handles(self) -> tuple:
+        """Every model handle this value needs at sampling time (its own and merged models')."""
+        return _handles(self.weights) + tuple(h for other, _ in self.merges for h in other.model_handles())
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, init=False)
 class TextEncoders:
     """CLIP: the text encoders and tokenizers of a family.
 
-    ``encoders``/``tokenizers`` keys: "clip_l", "clip_g", "t5xxl".  ``clip_skip`` is ComfyUI's
-    ``stop_at_clip_layer`` (-1 = last layer).
+    ``encoders`` (loaded through the ``weights`` handle) and ``tokenizers`` keys: "clip_l",
+    "clip_g", "t5xxl".  ``clip_skip`` is ComfyUI's ``stop_at_clip_layer`` (-1 = last layer).
     """
 
     family: ModelFamily
-    encoders: dict = field(hash=False, compare=False)
-    tokenizers: dict = field(hash=False, compare=False)
+    weights: Any = field(hash=False, compare=False)   # ModelRef whose get() is {kind: encoder module}
+    tokenizers: dict = field(default_factory=dict, hash=False, compare=False)
     clip_skip: int = -1
     patches: tuple[WeightPatch, ...] = ()
     source: str = ""
+    quantization: str = "none"
+
+    def __init__(self, family: ModelFamily, encoders: Any = None, tokenizers: dict | None = None,
+                 clip_skip: int = -1, patches: tuple = (), source: str = "", quantization: str = "none", *,
+                 weights: Any = None) -> None:
+        _init(self, family=family, weights=_ref(weights, encoders, "encoders"), tokenizers=dict(tokenizers or {}),
+              clip_skip=clip_skip, patches=tuple(patches), source=source, quantization=quantization)
+
+    @property
+    def encoders(self) -> dict:
+        """{kind: loaded encoder module} (reloaded if the manager evicted them)."""
+        return self.weights.get()
+
+    def model_handles(self) -> tuple:
+        return _handles(self.weights)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class VaeModel:
-    """VAE: an AutoencoderKL with its latent normalisation."""
+    """VAE: an AutoencoderKL (through the ``weights`` handle) with its latent normalisation."""
 
-    vae: torch.nn.Module = field(hash=False, compare=False)
+    weights: Any = field(hash=False, compare=False)   # ModelRef whose get() is the AutoencoderKL
     scaling_factor: float = 0.18215
     shift_factor: float = 0.0
     latent_channels: int = 4
     downscale: int = 8
     source: str = ""
+
+    def __init__(self, vae: Any = None, scaling_factor: float = 0.18215, shift_factor: float = 0.0,
+                 latent_channels: int = 4, downscale: int = 8, source: str = "", *, weights: Any = None) -> None:
+        _init(self, weights=_ref(weights, vae, "vae"), scaling_factor=scaling_factor, shift_factor=shift_factor,
+              latent_channels=latent_channels, downscale=downscale, source=source)
+
+    @property
+    def vae(self) -> "torch.nn.Module":
+        """The loaded AutoencoderKL (reloaded if the manager evicted it)."""
+        return self.weights.get()
+
+    def model_handles(self) -> tuple:
+        return _handles(self.weights)
+
+
+def _init(obj: Any, **values: Any) -> None:
+    for name, value in values.items():
+        object.__setattr__(obj, name, value)
+
+
+def _ref(weights: Any, module: Any, name: str) -> Any:
+    """The weights ref from either constructor form (a handle, or a plain module/dict wrapped)."""
+    from graph_runtime.model_manager import as_ref
+
+    if weights is not None and module is not None:
+        raise TypeError(f"pass either weights= or {name}=, not both")
+    ref = as_ref(weights if weights is not None else module)
+    if ref is None:
+        raise TypeError(f"missing the {name} (weights=) argument")
+    return ref
+
+
+def _handles(ref: Any) -> tuple:
+    fn = getattr(ref, "model_handles", None)
+    return tuple(fn()) if callable(fn) else ()
 
 
 @dataclass(frozen=True)
@@ -117,6 +194,12 @@ class CondEntry:
 
     def with_options(self, **updates: Any) -> "CondEntry":
         return CondEntry(self.embeds, {**self.options, **updates})
+
+    def model_handles(self) -> tuple:
+        """Handles of the models this entry needs at sampling time (its ControlNet chain)."""
+        from graph_runtime.model_manager import model_handles_in
+
+        return tuple(model_handles_in(self.options.get("control")))
 
 
 Conditioning = list[CondEntry]

@@ -33,7 +33,10 @@ def features(state: WebState) -> dict[str, Any]:
 
 @routes.get("/system_stats")
 async def system_stats(request: web.Request) -> web.Response:
-    return web.json_response(state_of(request).sysinfo.stats())
+    state = state_of(request)
+    stats = state.sysinfo.stats()
+    stats["models"] = state.runtime.memory_stats()  # what the model manager holds, where, and its budget
+    return web.json_response(stats)
 
 
 @routes.get("/features")

@@ -1,0 +1,1 @@
+"""Quantization: method names and device capabilities, in-place quantizers, Quantize*/GGUF/NF4 nodes."""

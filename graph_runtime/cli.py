@@ -17,6 +17,8 @@ from typing import Any, Callable, TextIO
 from graph_runtime.context import RuntimeOptions
 from graph_runtime.events import Event, Executing, Progress
 from graph_runtime.executor import ExecutionReport, Executor, InterruptToken
+from graph_runtime.file_hashes import FileHashes
+from graph_runtime.model_manager import manager_for
 from graph_runtime.node_info import object_info
 from graph_runtime.paths import FolderPaths
 from graph_runtime.registry import NodeRegistry, build_registry
@@ -130,7 +132,9 @@ def run_workflow(path: Path, paths: FolderPaths, options: RuntimeOptions, *, ove
     if not result.ok:
         print(f"error: the workflow is not valid\n{result.summary()}", file=err)
         return EXIT_INVALID
-    executor = Executor(registry, paths, options=options)
+    executor = Executor(registry, paths, options=options,
+                        models=manager_for(options, hashes=FileHashes(paths.user_dir / "model_hashes.json")))
+    executor.models.begin_prompt()  # saved pictures record the models this run used
     printer = ProgressPrinter(len(result.prompt), err, progress)
     printer.class_of = {k: v["class_type"] for k, v in result.prompt.items()}
     token = InterruptToken()

@@ -287,6 +287,7 @@ class ModelManager:
         self._lock = threading.RLock()
         self._prompt_used: dict[Hashable, ModelHandle] | None = None
         self.loads = 0
+        self.load_seconds = 0.0  # time spent in loaders (``/metrics``)
         self.hits = 0
         self.evictions = 0
         self.offloads = 0
@@ -509,11 +510,14 @@ class ModelManager:
                     return slot.value
                 if handle._estimate:
                     self._make_room_locked(handle.wanted_device, int(handle._estimate), {handle.key})
+            started = time.perf_counter()
             value = handle._loader()
+            loaded_in = time.perf_counter() - started
             size = int(handle.ops.size_bytes(value))
             device = handle.ops.device_of(value)
             with self._lock:
                 self.loads += 1
+                self.load_seconds += loaded_in
                 slot = _Slot(value, size, device)
                 self._slots[handle.key] = slot
                 self._slots.move_to_end(handle.key)

@@ -23,6 +23,7 @@ from typing import Any, Callable
 from graph_runtime.context import RuntimeOptions
 from graph_runtime.events import Event, Executing, QueueStatus
 from graph_runtime.executor import ExecutionReport, Executor, InterruptToken
+from graph_runtime.file_hashes import FileHashes
 from graph_runtime.jobs import DuplicateJobError, Job, JobStatus, JobStore
 from graph_runtime.model_manager import manager_for
 from graph_runtime.node_info import node_info, object_info
@@ -97,7 +98,9 @@ class Runtime:
         self.registry = registry if registry is not None else build_registry(custom_dirs=paths.custom_nodes_dirs)
         self.validator = PromptValidator(self.registry, paths)
         self.store = JobStore(db_path or paths.user_dir / "jobs.sqlite3")
-        self.models = manager_for(self.options)
+        # The record of every job names the model files it used with their SHA-256 (hashed once
+        # per file version, remembered across restarts).
+        self.models = manager_for(self.options, hashes=FileHashes(paths.user_dir / "model_hashes.json"))
         self.executor = Executor(self.registry, paths, models=self.models, options=self.options)
         self._listeners: list[Listener] = []
         self._completion_listeners: list[CompletionListener] = []
@@ -326,6 +329,7 @@ class Runtime:
             self._running = RunningJob(job.prompt_id, token, job.owner)
         client_id = job.client_id
         self._emit_status()
+        self.models.begin_prompt()  # the record lists the models this prompt uses
         try:
             report = self.executor.execute(job.prompt_id, job.prompt, job.outputs_to_execute,
                                            extra_data=job.extra_data, interrupt=token,
@@ -347,7 +351,7 @@ class Runtime:
             meta[nid]["execution"] = info
         status = _STATUS_BY_REPORT[report.status]
         self.store.finish(job.prompt_id, status, outputs=report.outputs,
-                          messages=report.messages, meta=meta, error=report.error)
+                          messages=report.messages, meta=meta, error=report.error, notes=self._record_notes())
         self.last_report = report
         self._emit_status()
         started = job.started_at if job.started_at is not None else job.created_at
@@ -357,6 +361,16 @@ class Runtime:
         if pending_free:
             self._free_now(pending_free.get("unload_models", False), pending_free.get("free_memory", False))
         return report
+
+    def _record_notes(self) -> dict[str, Any]:
+        """``{"record": ...}``: the reproducibility record of the job that just ran (worker thread)."""
+        from graph_runtime import provenance
+
+        try:
+            return {"record": provenance.record(self.models, self.options, self.paths)}
+        except Exception:  # a record that cannot be made must not lose the job's results
+            log.exception("could not make the reproducibility record")
+            return {}
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
         """Block until nothing is pending or running (tests and the CLI)."""

@@ -61,7 +61,9 @@ class _LiveCollector:
                                   value=float(getattr(models, "load_seconds", 0.0)))
         memory = GaugeMetricFamily("genesis_model_memory_bytes", "Resident model memory by device",
                                    labels=["device"])
-        by_device = models.memory_by_device() if hasattr(models, "memory_by_device") else {"all": models.total_bytes}
+        by_device: dict[str, float] = {}
+        for row in models.loaded_models():
+            by_device[row.device] = by_device.get(row.device, 0) + row.size_bytes
         for device, size in sorted(by_device.items()):
             memory.add_metric([str(device)], float(size))
         yield memory

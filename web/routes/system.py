@@ -34,9 +34,13 @@ def features(state: WebState) -> dict[str, Any]:
 @routes.get("/system_stats")
 async def system_stats(request: web.Request) -> web.Response:
     state = state_of(request)
-    stats = state.sysinfo.stats()
-    stats["models"] = state.runtime.memory_stats()  # what the model manager holds, where, and its budget
-    return web.json_response(stats)
+
+    def collect() -> dict[str, Any]:  # probes devices and memory: off the loop
+        stats = state.sysinfo.stats()
+        stats["models"] = state.runtime.memory_stats()  # what the model manager holds, where, and its budget
+        return stats
+
+    return web.json_response(await state.api.run_blocking(collect))
 
 
 @routes.get("/features")

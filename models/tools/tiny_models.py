@@ -381,8 +381,14 @@ def _write_controlnets(models: Path) -> list[Path]:
     return write_tiny_controlnets(models)
 
 
+def _write_vlms_llms(models: Path) -> list[Path]:
+    from models.tools.tiny_vlm_llm import write_tiny_vlms_llms
+
+    return write_tiny_vlms_llms(models)
+
+
 # Writers run in order by write_tiny_models; other packs (ControlNet …) append theirs here.
-WRITERS: tuple[Callable[[Path], list[Path]], ...] = (_write_core, _write_controlnets)
+WRITERS: tuple[Callable[[Path], list[Path]], ...] = (_write_core, _write_controlnets, _write_vlms_llms)
 
 
 def write_tiny_models(models_dir: Path) -> list[Path]:

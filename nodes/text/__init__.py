@@ -1,0 +1,1 @@
+"""Text nodes: ComfyUI core's string operations, SaveText and PreviewAny."""

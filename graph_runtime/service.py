@@ -96,7 +96,7 @@ class Runtime:
         self.options = options or RuntimeOptions()
         paths.ensure_dirs()
         self.registry = registry if registry is not None else build_registry(custom_dirs=paths.custom_nodes_dirs)
-        self.validator = PromptValidator(self.registry, paths)
+        self.validator = PromptValidator(self.registry, paths, self.options)
         self.store = JobStore(db_path or paths.user_dir / "jobs.sqlite3")
         # The record of every job names the model files it used with their SHA-256 (hashed once
         # per file version, remembered across restarts).

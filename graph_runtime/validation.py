@@ -139,9 +139,10 @@ def _find_cycle(prompt: dict[str, Any], roots: Iterable[str]) -> list[str] | Non
 class PromptValidator:
     """Validates API-format prompts against one registry."""
 
-    def __init__(self, registry: NodeRegistry, paths: FolderPaths | None = None) -> None:
+    def __init__(self, registry: NodeRegistry, paths: FolderPaths | None = None, options: Any = None) -> None:
         self.registry = registry
         self.paths = paths
+        self.options = options  # RuntimeOptions, for ``validate_inputs(..., options)`` (device-dependent checks)
 
     def validate(self, prompt: Any, partial_targets: list[str] | None = None) -> ValidationResult:
         if not isinstance(prompt, dict) or not prompt:
@@ -350,6 +351,8 @@ class PromptValidator:
             kwargs["input_types"] = received_types
         if params is not None and "paths" in params:
             kwargs["paths"] = self.paths
+        if params is not None and "options" in params:
+            kwargs["options"] = self.options
         try:
             result = custom(**kwargs)
         except Exception as exc:  # a node's own validation must not crash the server
@@ -357,7 +360,7 @@ class PromptValidator:
         if result is True:
             return []
         message = result if isinstance(result, str) else "invalid inputs"
-        names = [k for k in kwargs if k not in ("input_types", "paths")] or [""]
+        names = [k for k in kwargs if k not in ("input_types", "paths", "options")] or [""]
         name = names[0]
         return [PromptError("custom_validation_failed", "Custom validation failed for node",
                             f"{name} - {message}" if name else message, {"input_name": name})]

@@ -10,6 +10,8 @@ PACKS = (
     "nodes.upscale",
     "nodes.controlnet",
     "nodes.preprocessors",
+    "nodes.quantize.nodes",
+    "nodes.model_save",
     "nodes.text.strings",
     "nodes.text.display",
     "nodes.language.nodes",

@@ -113,7 +113,8 @@ def torch_modules(value: Any) -> list[torch.nn.Module]:
 
 
 def module_bytes(modules: Iterable[torch.nn.Module]) -> int:
-    """Bytes of the parameters and buffers of ``modules``, each storage counted once."""
+    """Bytes of the parameters and buffers of ``modules``, each tensor counted once (tied weights once;
+    views into one storage — e.g. q/k/v split from a fused qkv — each with their own bytes)."""
     seen: set[int] = set()
     total = 0
     for m in modules:
@@ -121,7 +122,7 @@ def module_bytes(modules: Iterable[torch.nn.Module]) -> int:
             if t.device.type == "meta":
                 continue
             try:
-                ident = t.untyped_storage().data_ptr() if type(t) in (torch.Tensor, torch.nn.Parameter) else id(t)
+                ident = t.data_ptr() if type(t) in (torch.Tensor, torch.nn.Parameter) else id(t)
             except Exception:  # tensor subclasses without a plain storage
                 ident = id(t)
             if ident in seen and ident != 0:

@@ -285,6 +285,12 @@ def apply_lora(ctx: NodeContext, model, clip, lora_name: str, strength_model: fl
     if not use_model and not use_clip:
         return model, clip
     path = resolve_file(ctx, "loras", lora_name, "lora_name")
+    for value, name in ((model if use_model else None, "model"), (clip if use_clip else None, "clip")):
+        quant = getattr(value, "quantization", "none")
+        if quant not in ("none", "fp8_e4m3fn", "fp8_e5m2"):
+            raise NodeError(f"{name}: LoRAs cannot patch {quant}-quantized weights; put the LoRA loader before "
+                            f"QuantizeModel/QuantizeCLIP (the LoRA is then baked into the quantized weights)",
+                            input_name=name)
     tensors = _lora_tensors(ctx, path)
     family = model.family if model is not None else clip.family
     mp, cp, matched, total = lora_patches(tensors, path.name, denoiser=model.denoiser if use_model else None,

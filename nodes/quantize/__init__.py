@@ -1,1 +1,2 @@
-"""Quantization: method names and device capabilities, in-place quantizers, Quantize*/GGUF/NF4 nodes."""
+"""Quantization: method names and device capabilities (``capabilities``), in-place quantizers
+(``methods``), and the nodes QuantizeModel / QuantizeCLIP (``nodes``, the registered pack)."""

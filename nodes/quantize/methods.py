@@ -38,16 +38,19 @@ def fp8_storage(module: torch.nn.Module, storage: torch.dtype, compute: torch.dt
         return
     from diffusers.hooks import apply_layerwise_casting
 
+    # transformers' own fp32 islands (T5's ``wo``: it casts its input to the weight's dtype itself)
+    keep = tuple(rf"(^|\.){name}$" for name in getattr(module, "_keep_in_fp32_modules", None) or ())
     apply_layerwise_casting(module, storage_dtype=storage, compute_dtype=compute,
-                            skip_modules_pattern=("norm", "embed", "position", "pos_", "lm_head"))
+                            skip_modules_pattern=("norm", "embed", "position", "pos_", "lm_head") + keep)
 
 
 def _linear_children(module: torch.nn.Module, skip: tuple[str, ...]) -> list[tuple[torch.nn.Module, str, str, torch.nn.Linear]]:
+    keep = tuple(getattr(module, "_keep_in_fp32_modules", None) or ())  # e.g. T5's "wo"
     found = []
     for parent_name, parent in module.named_modules():
         for name, child in parent.named_children():
             full = f"{parent_name}.{name}" if parent_name else name
-            if type(child) is torch.nn.Linear and not any(s in full for s in skip):
+            if type(child) is torch.nn.Linear and not any(s in full for s in skip) and name not in keep:
                 found.append((parent, name, full, child))
     return found
 
@@ -73,6 +76,10 @@ def bnb_nf4(module: torch.nn.Module, compute: torch.dtype, device: torch.device,
                                      quant_type="nf4", compress_statistics=True, module=q)
         if lin.bias is not None:
             q.bias = torch.nn.Parameter(lin.bias.data.to(compute), requires_grad=False)
+        if lin.in_features % 64 and hasattr(q, "support_avx512bf16_for_cpu"):
+            # bitsandbytes 0.50.2 repacks weights for AVX512-BF16 CPUs in blocks of 64 input features
+            # and fails on narrower layers (tiny models); those keep the portable kernel
+            q.support_avx512bf16_for_cpu = False
         return q.to(device)  # the move quantizes
 
     return _replace_linears(module, make, skip)

@@ -3,7 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 scripts/setup_env.sh
-# Large tensors come back to the OS when freed (glibc keeps them in its heap otherwise), which
-# keeps the peak memory of a long session at the level of a plain diffusers run.
-export MALLOC_MMAP_THRESHOLD_=${MALLOC_MMAP_THRESHOLD_:-131072}
+# Memory is owned by the model manager (handles, LRU eviction, /free) and the heap is trimmed after
+# each prompt and each unload, so allocations keep glibc's fast defaults (no MALLOC_MMAP_THRESHOLD_).
 exec .venv/bin/python server.py "$@"

@@ -136,6 +136,10 @@ class DeviceMemory:
                      "torch_vram_total": rss, "torch_vram_free": 0, "process_rss": rss})
         return rows
 
+    def trim_host(self) -> None:
+        """After a prompt: hand the C heap's freed pages back to the OS (cheap; the device cache stays warm)."""
+        malloc_trim()
+
     def release_cached(self) -> None:
         """Give freed memory back: Python garbage, the C heap, torch's device caches."""
         gc.collect()

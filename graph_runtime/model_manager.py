@@ -331,11 +331,27 @@ class ModelManager:
 
     # -- node and prompt scopes (the executor calls these) -------------------------------------------
     @contextlib.contextmanager
-    def node_scope(self, node_id: str, working_bytes: int = 0, device: str | None = None) -> Iterator[_NodeScope]:
-        """Pin every model a node gets until it ends; reserve ``working_bytes`` on ``device`` first."""
+    def node_scope(self, node_id: str, working_bytes: int = 0, device: str | None = None,
+                   inputs: dict | None = None) -> Iterator[_NodeScope]:
+        """Pin every model a node gets until it ends; reserve ``working_bytes`` on ``device`` first.
+
+        With ``inputs`` (the node's input values) and no explicit reservation, values that declare
+        ``working_memory(inputs) -> (device, bytes)`` (a MODEL next to a LATENT) give the reservation.
+        Reserving evicts/offloads other models when the device lacks room; when even that is not
+        enough the node still runs (and may hit the out-of-memory retry).
+        """
+        if inputs and not working_bytes:
+            found = working_memory_of(inputs)
+            if found is not None:
+                device, working_bytes = found
         scope = _NodeScope(node_id, working_bytes=int(working_bytes))
         if working_bytes and device:
-            self.make_room(device, int(working_bytes), keep=())
+            keep = {h.key for h in model_handles_in(list((inputs or {}).values()))}
+            try:
+                self.make_room(device, int(working_bytes), keep=keep)
+            except ModelMemoryError:
+                log.info("node %s: %.0f MB of working memory not available on %s; running anyway", node_id,
+                         working_bytes / 2**20, device)
         token = _SCOPE.set(scope)
         try:
             yield scope
@@ -352,9 +368,10 @@ class ModelManager:
                         if handle is not None:
                             self._offload_locked(handle, CPU)
 
-    def prepare_for(self, node_id: str, working_bytes: int = 0, device: str | None = None):
+    def prepare_for(self, node_id: str, working_bytes: int = 0, device: str | None = None,
+                    inputs: dict | None = None):
         """Alias of :meth:`node_scope` under the name the executor uses."""
-        return self.node_scope(node_id, working_bytes, device)
+        return self.node_scope(node_id, working_bytes, device, inputs)
 
     def free_for_retry(self) -> int:
         """After an out-of-memory error: drop every model the running node has not pinned.
@@ -598,6 +615,30 @@ class ModelManager:
         log.info("unloaded %s", label)
 
 
+_OOM_CLASSES = frozenset({"OutOfMemoryError"})  # torch.OutOfMemoryError (= torch.cuda.OutOfMemoryError)
+_OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for an allocator's out-of-memory error (CUDA, MPS, the CPU allocator), judged without torch:
+    by the exception class name, or by the message of the RuntimeErrors MPS and the CPU allocator raise."""
+    if any(cls.__name__ in _OOM_CLASSES for cls in type(exc).__mro__):
+        return True
+    if isinstance(exc, MemoryError) and not isinstance(exc, ModelMemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(m in text for m in _OOM_MESSAGES)
+
+
+def out_of_memory_message(class_type: str, node_id: str, exc: BaseException, loaded: list[LoadedModel]) -> str:
+    """The error a node gets when it ran out of memory again after everything else was freed."""
+    kept = ", ".join(f"{m.label} ({m.size_bytes / 2**20:.0f} MB on {m.device})" for m in loaded) or "no models"
+    return (f"{class_type} (node {node_id}) ran out of memory, again after every model it does not use was "
+            f"unloaded ({kept} still loaded): {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}. "
+            f"Use a smaller image size or batch, a quantized model (QuantizeModel, fp8 weight_dtype, a GGUF/NF4 "
+            f"checkpoint), or start with --lowvram.")
+
+
 def manager_for(options: Any, **kwargs: Any) -> ModelManager:
     """The manager a runtime's :class:`~graph_runtime.context.RuntimeOptions` ask for (memory flags)."""
     mode = VramMode(getattr(options, "vram_mode", "normal") or "normal")
@@ -630,6 +671,24 @@ def _label(key: Hashable) -> str:
         parts = [str(p) for p in key[:2]]
         return " ".join(p.rsplit("/", 1)[-1] for p in parts)
     return str(key)
+
+
+def working_memory_of(inputs: dict) -> tuple[str, int] | None:
+    """The largest (device, bytes) that an input value declares through ``working_memory(inputs)``."""
+    best: tuple[str, int] | None = None
+    for value in inputs.values():
+        for item in (value if isinstance(value, list) else [value]):
+            fn = _attr(item, "working_memory")
+            if not callable(fn) or isinstance(item, type):
+                continue
+            try:
+                found = fn(inputs)
+            except Exception:  # an estimate must never fail a node
+                log.debug("working memory estimate failed", exc_info=True)
+                continue
+            if found and (best is None or found[1] > best[1]):
+                best = (str(found[0]), int(found[1]))
+    return best
 
 
 def model_handles_in(value: Any, depth: int = 0) -> list[ModelHandle]:

@@ -11,6 +11,7 @@ PACKS = (
     "nodes.controlnet",
     "nodes.preprocessors",
     "nodes.quantize.nodes",
+    "nodes.quantize.loaders",
     "nodes.model_save",
     "nodes.text.strings",
     "nodes.text.display",

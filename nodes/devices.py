@@ -196,3 +196,28 @@ def enable_block_offload(module: torch.nn.Module, device: torch.device) -> bool:
     except Exception:  # pragma: no cover - depends on the model class
         log.warning("block offloading is not available for %s", type(module).__name__, exc_info=True)
         return False
+
+
+# --- working memory -------------------------------------------------------------------------------
+
+# Activation bytes per latent pixel per batch row, in fp32, while a denoiser runs (feature maps kept for
+# skip connections, attention with PyTorch's memory-efficient SDPA, MLP expansions).  A heuristic in the
+# spirit of ComfyUI's per-model memory factors, on the safe side: the manager reserves it before the
+# sampler runs, so evicting a model beforehand is cheaper than an out-of-memory retry.
+WORKING_BYTES_PER_LATENT_PIXEL = {"sd15": 48 << 10, "sdxl": 64 << 10, "sdxl_refiner": 64 << 10,
+                                  "flux_dev": 96 << 10, "flux_schnell": 96 << 10}
+_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
+def sampler_working_memory(model: Any, inputs: dict) -> tuple[str, int] | None:
+    """(device, bytes) a sampler node needs besides the weights, from the latent among its inputs."""
+    latent = next((v for v in inputs.values() if isinstance(v, dict) and isinstance(v.get("samples"), torch.Tensor)),
+                  None)
+    handle = getattr(model, "weights", None)
+    device = getattr(handle, "wanted_device", None)
+    if latent is None or device is None:
+        return None
+    b, _c, h, w = (list(latent["samples"].shape) + [1, 1, 1, 1])[:4]
+    per_pixel = WORKING_BYTES_PER_LATENT_PIXEL.get(getattr(model.family, "value", ""), 64 << 10)
+    scale = _DTYPE_BYTES.get(getattr(handle, "dtype", None) or "float32", 4) / 4
+    return device, int(2 * b * h * w * per_pixel * scale)  # ×2: the CFG batch

@@ -243,3 +243,23 @@ def test_lru_matches_a_naive_reference(budget, ops):
         while sum(sizes[n] for n in ref) > budget and len(ref) > 1:
             ref.pop(0)
         assert [k[1] for k in mm.keys()] == [str(n) for n in ref]
+
+
+def test_working_memory_is_reserved_before_a_node_runs():
+    mm = gpu_manager(100)
+    a, b = blob_handle(mm, "a", 40, "cuda:0"), blob_handle(mm, "b", 40, "cuda:0")
+    a.get(), b.get()
+
+    class Model:
+        def model_handles(self):
+            return (b,)
+
+        def working_memory(self, inputs):
+            return "cuda:0", 50 if "latent" in inputs else 0
+
+    with mm.prepare_for("7", inputs={"model": Model(), "latent": {"samples": None}}) as scope:
+        assert scope.working_bytes == 50
+        assert a.device == CPU and b.device == "cuda:0"  # a made room; b (the node's model) stayed
+    # an impossible reservation does not fail the node
+    with mm.prepare_for("8", working_bytes=10_000, device="cuda:0"):
+        pass

@@ -181,3 +181,11 @@ def test_refused_methods_are_refused_at_validation(setup):
     assert errors[0]["type"] == "custom_validation_failed"
     assert "MPS has no float8 dtype" in errors[0]["details"] and "Methods that can run here" in errors[0]["details"]
     assert "3" in mps.node_errors  # QuantizeCLIP too
+
+
+def test_a_model_declares_its_sampling_working_memory(setup):
+    ctx, loaded = setup
+    model = loaded["sd15"]["model"]
+    device, need = model.working_memory({"model": model, "latent_image": {"samples": torch.zeros(2, 4, 8, 8)}})
+    assert device == "cpu" and need == 2 * 2 * 8 * 8 * (48 << 10)
+    assert model.working_memory({"model": model}) is None  # no latent: nothing to reserve

@@ -170,7 +170,7 @@ FP8_STORAGE = {"fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e4m3fn_fast": torch.float
 
 
 def _denoiser_loader(path: Path, detected: Detected, dtype: torch.dtype, device: torch.device,
-                     weight_dtype: str = "default"):
+                     weight_dtype: str = "default", quantization: str = "none"):
     prefixes = [detected.prefix] if detected.prefix else None
 
     def load() -> torch.nn.Module:
@@ -183,6 +183,13 @@ def _denoiser_loader(path: Path, detected: Detected, dtype: torch.dtype, device:
             from nodes.quantize.methods import fp8_storage
 
             fp8_storage(denoiser, storage, dtype)
+        if quantization != "none":  # e.g. CheckpointLoaderNF4: Linear layers back to NF4
+            from nodes.quantize.methods import QuantizeError, quantize_module
+
+            try:
+                quantize_module(denoiser, quantization, dtype, device)
+            except QuantizeError as exc:
+                raise LoadError(f"{path.name}: {exc}") from exc
         return denoiser
 
     return load
@@ -190,7 +197,7 @@ def _denoiser_loader(path: Path, detected: Detected, dtype: torch.dtype, device:
 
 def denoiser_handle(models: ModelManager, path: Path, place: Placement, kind: str = "unet",
                     weight_dtype: str = "default", detected: Detected | None = None,
-                    shapes: dict | None = None) -> tuple[ModelHandle, Detected, dict]:
+                    shapes: dict | None = None, quantization: str = "none") -> tuple[ModelHandle, Detected, dict]:
     """The handle of a file's denoiser (a diffusion model file, or a checkpoint's UNet/transformer)."""
     if detected is None or shapes is None:
         detected, shapes, _ = inspect_shapes(path)
@@ -202,11 +209,16 @@ def denoiser_handle(models: ModelManager, path: Path, place: Placement, kind: st
     if weight_dtype in FP8_STORAGE:
         estimate //= max(torch.empty((), dtype=dtype).element_size(), 1)
     key = _base_key(kind, path, place) + (("model",) if kind == "checkpoint" else (weight_dtype,))
+    if quantization != "none":
+        key += (quantization,)
     name = families.FAMILY_NAMES.get(detected.family, str(detected.family))
-    options = {"weight_dtype": weight_dtype} if weight_dtype != "default" else None
-    handle = _handle(models, key, _denoiser_loader(path, detected, dtype, place.device, weight_dtype), place=place,
+    options = {"weight_dtype": weight_dtype} if weight_dtype != "default" else {}
+    if quantization != "none":
+        options["quantization"] = quantization
+    loader = _denoiser_loader(path, detected, dtype, place.device, weight_dtype, quantization)
+    handle = _handle(models, key, loader, place=place,
                      sources=[path], label=f"{path.name} ({name} denoiser)", estimate=estimate, dtype=dtype,
-                     options=options)
+                     options=options or None)
     return handle, detected, shapes
 
 
@@ -421,7 +433,8 @@ class Bundle:
         return tuple(h for v in (self.model, self.clip, self.vae) if v is not None for h in v.model_handles())
 
 
-def load_checkpoint(models: ModelManager, path: Path, place: Placement, t5_dirs: Sequence[Path]) -> Bundle:
+def load_checkpoint(models: ModelManager, path: Path, place: Placement, t5_dirs: Sequence[Path],
+                    quantization: str = "none") -> Bundle:
     """CheckpointLoaderSimple: an all-in-one file (SD1.5 / SDXL LDM layout, ComfyUI's FLUX layout).
 
     The denoiser, the text encoders and the VAE are three handles, each reading only its own
@@ -433,8 +446,9 @@ def load_checkpoint(models: ModelManager, path: Path, place: Placement, t5_dirs:
     if detected.family is None:
         raise _unsupported(path, detected)
     family = detected.family
-    handle, _, _ = denoiser_handle(models, path, place, "checkpoint", detected=detected, shapes=shapes)
-    model = make_model(family, handle, str(path), _prediction_type(shapes))
+    handle, _, _ = denoiser_handle(models, path, place, "checkpoint", detected=detected, shapes=shapes,
+                                   quantization=quantization)
+    model = make_model(family, handle, str(path), _prediction_type(shapes), quantization=quantization)
     clip = None
     if detected.encoders:
         by_kind = {e.kind: e for e in detected.encoders}

@@ -86,9 +86,19 @@ def inspect(path: Path) -> tuple[Shapes, dict[str, str]]:
     if not path.is_file():
         raise ModelFileError(f"{path.name} does not exist")
     if _is_safetensors(path):
-        return safetensors_header(path)
+        shapes, meta = safetensors_header(path)
+        from nodes.quantize import nf4
+
+        if nf4.is_bnb_4bit(shapes):  # bitsandbytes NF4/FP4 checkpoint: the shapes the weights decode to
+            return nf4.logical_shapes(path, shapes), {**meta, "genesis.bnb_4bit": "1"}
+        return shapes, meta
     if path.suffix.lower() == ".gguf":
-        raise ModelFileError(f"{path.name}: GGUF files are not supported by this loader")
+        from nodes.quantize import gguf
+
+        try:
+            return gguf.inspect(path)  # logical shapes, llama.cpp T5 names normalized
+        except gguf.GGUFError as exc:
+            raise ModelFileError(str(exc)) from exc
     sd = _torch_load(path)
     return {k: tuple(v.shape) for k, v in sd.items()}, {}
 
@@ -106,9 +116,23 @@ def load(path: Path, select: Callable[[str], bool] | None = None) -> dict[str, t
                 for name in f.keys():
                     if select is None or select(name):
                         out[name] = f.get_tensor(name)
-            return out
         except Exception as exc:  # noqa: BLE001 - safetensors raises SafetensorError/OSError/… for bad data
             raise ModelFileError(f"{path.name} could not be read ({exc}); it may be corrupt") from exc
+        from nodes.quantize import nf4
+
+        if nf4.is_bnb_4bit(out):  # decoded here; CheckpointLoaderNF4 quantizes the denoiser again
+            try:
+                return nf4.dequantize(out)
+            except Exception as exc:  # noqa: BLE001 - bitsandbytes raises several kinds for bad states
+                raise ModelFileError(f"{path.name}: a bitsandbytes 4-bit tensor could not be decoded ({exc})") from exc
+        return out
+    if path.suffix.lower() == ".gguf":  # dequantized: loaders that keep GGUF quantized use nodes.quantize.gguf
+        from nodes.quantize import gguf
+
+        try:
+            return gguf.load_dequantized(path, select)
+        except gguf.GGUFError as exc:
+            raise ModelFileError(str(exc)) from exc
     sd = _torch_load(path)
     return {k: v for k, v in sd.items() if select is None or select(k)}
 

@@ -95,6 +95,13 @@ class DiffusionModel:
     def with_patch(self, patch: WeightPatch) -> "DiffusionModel":
         return replace(self, patches=self.patches + (patch,))
 
+    def working_memory(self, inputs: dict) -> tuple[str, int] | None:
+        """(device, bytes) of activations a node sampling this model with ``inputs`` needs (a LATENT among
+        them); the model manager reserves it before the node runs."""
+        from nodes.devices import sampler_working_memory
+
+        return sampler_working_memory(self, inputs)
+
     def model_handles(self) -> tuple:
         """Every model handle this value needs at sampling time (its own and merged models')."""
         return _handles(self.weights) + tuple(h for other, _ in self.merges for h in other.model_handles())

@@ -33,8 +33,11 @@ class QuantizeError(RuntimeError):
 def fp8_storage(module: torch.nn.Module, storage: torch.dtype, compute: torch.dtype) -> None:
     """Store weights in ``storage`` (fp8) and upcast each layer to ``compute`` while it runs."""
     enable = getattr(module, "enable_layerwise_casting", None)
-    if callable(enable):  # diffusers ModelMixin: knows its own layers to skip
-        enable(storage_dtype=storage, compute_dtype=compute)
+    if callable(enable):  # diffusers ModelMixin
+        # Only Linear/Conv layers are cast (norm layers never are); diffusers' default also skips every
+        # layer whose *name* contains "norm", which keeps FLUX's large adaLN modulation Linears
+        # (norm1.linear …, a third of each block) in full precision.  ComfyUI stores those in fp8 too.
+        enable(storage_dtype=storage, compute_dtype=compute, skip_modules_pattern=("pos_embed", "patch_embed"))
         return
     from diffusers.hooks import apply_layerwise_casting
 

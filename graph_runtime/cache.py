@@ -45,10 +45,11 @@ class CacheEntry:
 
 
 class OutputCache:
-    """LRU of node outputs by signature, bounded by ``budget_bytes``."""
+    """LRU of node outputs by signature, bounded by ``budget_bytes`` and, optionally, ``max_entries``."""
 
-    def __init__(self, budget_bytes: int = 2 << 30) -> None:
+    def __init__(self, budget_bytes: int = 2 << 30, max_entries: int | None = None) -> None:
         self.budget_bytes = budget_bytes
+        self.max_entries = max_entries
         self._entries: OrderedDict[str, CacheEntry] = OrderedDict()
         self._total = 0
         self._lock = threading.Lock()
@@ -73,7 +74,8 @@ class OutputCache:
                 self._total -= old.size
             self._entries[signature] = CacheEntry(outputs, ui, size)
             self._total += size
-            while self._total > self.budget_bytes and self._entries:
+            while self._entries and (self._total > self.budget_bytes or
+                                     (self.max_entries is not None and len(self._entries) > self.max_entries)):
                 _, evicted = self._entries.popitem(last=False)
                 self._total -= evicted.size
 

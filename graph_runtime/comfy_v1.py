@@ -54,8 +54,7 @@ def adapt_v1_class(class_type: str, cls: type, display_name: str | None = None) 
 
     def _convert(result: Any) -> Any:
         if isinstance(result, dict):
-            ui = result.get("ui")
-            return NodeResult(tuple(result.get("result", ()) or ()), ui)
+            return NodeResult(tuple(result.get("result", ()) or ()), result.get("ui"), result.get("expand"))
         if isinstance(result, ExecutionBlocker):
             return tuple(result for _ in return_types)
         return result

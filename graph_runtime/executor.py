@@ -1,16 +1,28 @@
-"""Runs one validated API prompt: ordering, caching, lazy inputs, list mapping, interrupts.
+"""Runs one validated API prompt: ordering, caching, lazy inputs, list mapping, expansion, interrupts.
 
 Design, in short:
 
-* Only output nodes (``outputs_to_execute``) and their non-lazy ancestors run; a node whose
-  signature is in the cross-prompt :class:`~graph_runtime.cache.OutputCache` is not run and its
-  ancestors are not even visited.
-* Signatures are computed once per node, in topological order, from the signatures of its
-  inputs (see :mod:`graph_runtime.cache`): linear in the size of the graph.
-* Scheduling is a topological dissolve with a ready queue; async nodes run as asyncio tasks so
-  network-bound nodes overlap with each other and with other ready nodes.
-* Each intermediate output is reference-counted and dropped after its last consumer ran
-  (the cache may still hold it within its budget).
+* **Plan.** Only output nodes (``outputs_to_execute``) and the ancestors they need are visited.
+  Signatures (:mod:`graph_runtime.signatures`) are computed once per node.  A node whose
+  signature is in the cross-prompt :class:`~graph_runtime.cache.OutputCache` when it is planned
+  takes the cached outputs right away (so a later eviction cannot take them back) and its
+  ancestors are not visited.  Lazy inputs are planned only when the node asks for them.
+* **Schedule.** A topological dissolve with a ready queue.  Async nodes run as asyncio tasks, so
+  network-bound nodes overlap each other and other ready nodes; sync nodes then run in a thread.
+  A node whose signature another node of this prompt already computed (the same sub-graph under
+  other ids) reuses that result, and waits for it when it is still running.
+* **Reference counting.** Every planned, uncached node *holds* each source it links to (lazy ones
+  included) and releases exactly what it holds when it is done — whether it ran, was replayed
+  from the cache, found its result computed under another id, was blocked by an
+  ``ExecutionBlocker``, or ran an expansion.  A source's outputs are dropped when its last holder
+  is done (the cache may still keep them within its budget).  Nodes cached at planning time hold
+  nothing.  Outputs of the prompt's output nodes, and of every ancestor of a lazy input's source,
+  are kept until the prompt ends (a lazy input may be asked for late, after its source's other
+  consumers are done).  Should a finished node be needed again after all, it is re-planned: taken
+  from the cache, or run again.
+* **Expansion.** A node may return a sub-graph to run in its place (:mod:`graph_runtime.node_calls`);
+  the expanded nodes are planned like any other, and the expanding node completes when the nodes
+  its outputs link to are done.
 * Exceptions become a structured ``execution_error``; an interrupt becomes
   ``execution_interrupted``.  The executor never raises for a node's failure.
 """
@@ -23,20 +35,22 @@ import sys
 import threading
 import time
 import traceback as tb
-import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from graph_runtime.cache import OutputCache, canonical, digest
+from graph_runtime import node_memory
+from graph_runtime.cache import CacheEntry, OutputCache
 from graph_runtime.context import Interrupted, NodeContext, NodeError, RuntimeOptions
 from graph_runtime.events import (Event, EventSink, Executed, Executing, ExecutionCached, ExecutionError,
                                   ExecutionInterrupted, ExecutionStart, ExecutionSuccess, NodeProgress, PreviewImage,
                                   Progress, ProgressState, ProgressText, discard)
 from graph_runtime.model_manager import ModelManager
+from graph_runtime.node_calls import CallOutcome, NodeResultError, assemble, collect, find_blocker, mapped_calls
 from graph_runtime.paths import FolderPaths
 from graph_runtime.registry import NodeRegistry
-from graph_runtime.schema import CachePolicy, ExecutionBlocker, HiddenKind, NodeDefinition, NodeResult
+from graph_runtime.schema import CachePolicy, ExecutionBlocker, HiddenKind, NodeDefinition
+from graph_runtime.signatures import compute_signatures
 from graph_runtime.validation import is_link
 
 log = logging.getLogger(__name__)
@@ -57,12 +71,17 @@ class InterruptToken:
 
 @dataclass
 class NodeRun:
-    """What one node's execution cost and where it ran (stored in history ``meta``)."""
+    """What one node's execution cost (stored in history ``meta``).
+
+    ``memory`` holds ``rss_delta_bytes`` (resident memory the node added and kept) and, on CUDA,
+    ``device_peak_bytes`` (the allocator's peak during the node above what was allocated before);
+    see :mod:`graph_runtime.node_memory`.
+    """
 
     node_id: str
     class_type: str
     seconds: float
-    peak_rss_bytes: int
+    memory: dict[str, int] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -76,7 +95,9 @@ class ExecutionReport:
     executed: list[str] = field(default_factory=list)
     cached: list[str] = field(default_factory=list)
     node_runs: dict[str, NodeRun] = field(default_factory=dict)
+    signatures: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    process_peak_rss_bytes: int = 0
 
     @property
     def ok(self) -> bool:
@@ -91,7 +112,7 @@ class _Stop(Exception):
         self.status = status
 
 
-def _peak_rss() -> int:
+def _process_peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
@@ -126,7 +147,8 @@ class Executor:
 
     def signatures(self, prompt: dict[str, Any]) -> dict[str, str]:
         """The cache signature of every node of a (validated) prompt."""
-        return _PromptRun(self, "", prompt, [], {}, discard, InterruptToken()).compute_signatures()
+        defs = {nid: self.registry.get(n["class_type"]) for nid, n in prompt.items()}
+        return compute_signatures(prompt, defs, {}, paths=self.paths)
 
     def free(self) -> None:
         """Drop cached outputs and unload models (``POST /free``)."""
@@ -138,26 +160,46 @@ class Executor:
             self._loop.close()
 
 
+# node states while a prompt runs
+_WAITING, _READY, _RUNNING, _EXPANDING, _DONE = "waiting", "ready", "running", "expanding", "done"
+
+
 class _PromptRun:
-    """The state of one prompt's execution."""
+    """The state of one prompt's execution (see the module docstring for the rules)."""
 
     def __init__(self, executor: Executor, prompt_id: str, prompt: dict[str, Any], outputs: list[str],
                  extra_data: dict[str, Any], sink: EventSink, interrupt: InterruptToken) -> None:
         self.ex = executor
         self.prompt_id = prompt_id
-        self.prompt = prompt
+        self.prompt: dict[str, Any] = dict(prompt)  # expansions add nodes; the caller's dict stays as it is
         self.outputs = outputs
         self.extra_data = extra_data
         self.sink = sink
         self.interrupt = interrupt
         self.report = ExecutionReport(prompt_id, "success")
-        self.defs: dict[str, NodeDefinition] = {nid: executor.registry.get(n["class_type"]) for nid, n in prompt.items()}
-        self.values: dict[str, list[list[Any]]] = {}
+        self.defs: dict[str, NodeDefinition] = {nid: executor.registry.get(n["class_type"])
+                                                for nid, n in self.prompt.items()}
         self.sig: dict[str, str] = {}
-        self.remaining_consumers: dict[str, int] = {}
-        self.keep: set[str] = set()  # sources of lazy inputs are kept for late consumers
+        self.values: dict[str, list[list[Any]]] = {}
+        # reference counting: what each node holds, and how many unfinished holders each source has
+        self.holds: dict[str, list[str]] = {}
+        self.refs: dict[str, int] = {}
+        self.pinned: set[str] = set()
+        # scheduling
+        self.state: dict[str, str] = {}
+        self.deps: dict[str, set[str]] = {}
+        self.waiters: dict[str, list[str]] = {}
+        self.ready: deque[str] = deque()
+        self.tasks: dict[asyncio.Task, str] = {}
+        self.prefetched: dict[str, CacheEntry] = {}
+        self.requested: dict[str, set[str]] = {}  # lazy inputs each node asked for
+        self.expanding: dict[str, CallOutcome] = {}
+        self.parent: dict[str, str] = {}  # expanded node -> the node that expanded into it
+        self.computed_by_sig: dict[str, str] = {}  # signature -> a node of this prompt that computed it
+        self.running_by_sig: dict[str, str] = {}
         self.blocker_reported: set[int] = set()
         self.running_progress: dict[str, NodeProgress] = {}
+        self.order_hint = {nid: i for i, nid in enumerate(self.prompt)}
 
     # -- events ---------------------------------------------------------------------------------
     def emit(self, event: Event, *, history: bool = False) -> None:
@@ -168,6 +210,12 @@ class _PromptRun:
         except Exception:  # a broken listener must never break execution
             log.exception("event sink failed for %s", event.type)
 
+    def display(self, nid: str) -> str:
+        """The prompt node a (possibly expanded) node is shown as on the canvas."""
+        while nid in self.parent:
+            nid = self.parent[nid]
+        return nid
+
     def _progress_state(self, node_id: str, value: float, maximum: float, state: str) -> None:
         """Send the changed node plus every node still running.
 
@@ -175,7 +223,8 @@ class _PromptRun:
         repeated; finished ones are not (ComfyUI resends every node touched so far, which makes
         the traffic quadratic in the length of the graph).
         """
-        entry = NodeProgress(value, maximum, state, node_id, self.prompt_id, node_id, None, node_id)
+        shown = self.display(node_id)
+        entry = NodeProgress(value, maximum, state, node_id, self.prompt_id, shown, self.parent.get(node_id), shown)
         if state == "running":
             self.running_progress[node_id] = entry
         else:
@@ -184,61 +233,25 @@ class _PromptRun:
 
     # -- signatures -----------------------------------------------------------------------------
     def compute_signatures(self) -> dict[str, str]:
-        order = self._topological_order()
-        for node_id in order:
-            node = self.prompt[node_id]
-            definition = self.defs[node_id]
-            inputs = node.get("inputs", {})
-            parts = [definition.class_type, definition.version]
-            literals: dict[str, Any] = {}
-            for name in sorted(inputs):
-                value = inputs[name]
-                if is_link(value):
-                    src = self.sig.get(value[0])
-                    parts.append(f"{name}=>{src}#{int(value[1])}")
-                elif name in definition.input_map:
-                    literals[name] = value
-                    parts.append(f"{name}={canonical(value)}")
-            if definition.uses_unique_id:
-                parts.append(f"id={node_id}")
-            if definition.cache is CachePolicy.VOLATILE:
-                parts.append(f"nonce={uuid.uuid4().hex}")
-            if definition.has_fingerprint:
-                try:
-                    fp = definition.node_class.fingerprint(**literals, **self._paths_kw(definition))
-                    parts.append(f"fp={canonical(fp)}")
-                except Exception:
-                    parts.append(f"fp-failed={uuid.uuid4().hex}")
-            self.sig[node_id] = digest("|".join(parts))
-        return self.sig
+        return compute_signatures(self.prompt, self.defs, self.sig, paths=self.ex.paths)
 
-    def _paths_kw(self, definition: NodeDefinition) -> dict[str, Any]:
-        """Hooks that declare a ``paths`` parameter get the runtime's folders."""
-        import inspect
-
-        params = inspect.signature(definition.node_class.fingerprint).parameters
-        return {"paths": self.ex.paths} if "paths" in params else {}
-
-    def _topological_order(self) -> list[str]:
-        indegree = {nid: 0 for nid in self.prompt}
-        consumers: dict[str, list[str]] = {nid: [] for nid in self.prompt}
+    def _lazy_ancestry(self) -> set[str]:
+        """Every node a lazy input could reach: kept until the prompt ends."""
+        stack = []
         for nid, node in self.prompt.items():
-            for value in node.get("inputs", {}).values():
-                if is_link(value) and value[0] in self.prompt:
-                    indegree[nid] += 1
-                    consumers[value[0]].append(nid)
-        queue = deque(n for n, d in indegree.items() if d == 0)
-        order = []
-        while queue:
-            nid = queue.popleft()
-            order.append(nid)
-            for c in consumers[nid]:
-                indegree[c] -= 1
-                if indegree[c] == 0:
-                    queue.append(c)
-        if len(order) != len(self.prompt):  # validation rejects cycles; stay safe anyway
-            order.extend(n for n in self.prompt if n not in set(order))
-        return order
+            definition = self.defs[nid]
+            for name, value in node.get("inputs", {}).items():
+                spec = definition.input_map.get(name)
+                if spec is not None and spec.lazy and is_link(value):
+                    stack.append(value[0])
+        seen: set[str] = set()
+        while stack:
+            nid = stack.pop()
+            if nid in seen or nid not in self.prompt:
+                continue
+            seen.add(nid)
+            stack.extend(v[0] for v in self.prompt[nid].get("inputs", {}).values() if is_link(v))
+        return seen
 
     # -- main loop ------------------------------------------------------------------------------
     async def run(self) -> ExecutionReport:
@@ -247,10 +260,11 @@ class _PromptRun:
         try:
             self.compute_signatures()
             cache = self.ex.cache
-            cached_nodes = [nid for nid in self.prompt if self.sig[nid] in cache]
-            self.report.cached = cached_nodes
-            self.emit(ExecutionCached(self.prompt_id, list(cached_nodes)), history=True)
-            await self._schedule()
+            self.report.cached = [nid for nid in self.prompt if self.sig[nid] in cache]
+            self.emit(ExecutionCached(self.prompt_id, list(self.report.cached)), history=True)
+            self.pinned = set(self.outputs) | self._lazy_ancestry()
+            self._plan(self.outputs)
+            await self._dissolve()
         except _Stop as stop:
             self.report.status = stop.status
             if isinstance(stop.event, ExecutionError):
@@ -258,138 +272,179 @@ class _PromptRun:
             self.emit(stop.event, history=True)
         else:
             self.emit(ExecutionSuccess(self.prompt_id), history=True)
+        finally:
+            for task in self.tasks:
+                task.cancel()
         self.report.seconds = time.perf_counter() - started
+        self.report.signatures = dict(self.sig)
+        self.report.process_peak_rss_bytes = _process_peak_rss()
         self.values.clear()
         return self.report
 
-    def _is_cached(self, node_id: str) -> bool:
-        return self.sig[node_id] in self.ex.cache
+    # -- planning -------------------------------------------------------------------------------
+    def _hold(self, holder: str, source: str) -> None:
+        self.holds.setdefault(holder, []).append(source)
+        self.refs[source] = self.refs.get(source, 0) + 1
 
-    def _collect(self, roots: list[str], needed: set[str], deps: dict[str, set[str]],
-                 consumers: dict[str, list[str]]) -> list[str]:
-        """Add ``roots`` and their uncached non-lazy ancestors to the plan; returns the new nodes."""
+    def _release(self, holder: str) -> None:
+        """The holder is done: drop each source it held whose last holder this was."""
+        for source in self.holds.pop(holder, ()):
+            left = self.refs[source] - 1
+            if left > 0:
+                self.refs[source] = left
+                continue
+            del self.refs[source]
+            if source not in self.pinned:
+                self.values.pop(source, None)
+
+    def _depend(self, nid: str, source: str) -> None:
+        """``nid`` cannot proceed before ``source`` is done."""
+        self.deps[nid].add(source)
+        self.waiters.setdefault(source, []).append(nid)
+
+    def _plan(self, roots: list[str]) -> None:
+        """Plan ``roots`` and the ancestors they need; nodes with nothing to wait for become ready."""
         added: list[str] = []
         stack = list(roots)
         while stack:
             nid = stack.pop()
-            if nid in needed or nid in self.values:
-                continue
-            needed.add(nid)
+            if nid in self.state:
+                if self.state[nid] == _DONE and nid not in self.values:
+                    del self.state[nid]  # needed again after its outputs were dropped: plan it anew
+                else:
+                    continue
+            self.state[nid] = _WAITING
+            self.deps[nid] = set()
             added.append(nid)
-            deps[nid] = set()
-            if self._is_cached(nid):
+            entry = self.ex.cache.get(self.sig[nid])
+            if entry is not None:
+                self.prefetched[nid] = entry
                 continue
             definition = self.defs[nid]
             for name, value in self.prompt[nid].get("inputs", {}).items():
                 if not is_link(value):
                     continue
+                source = value[0]
+                self._hold(nid, source)
                 spec = definition.input_map.get(name)
                 if spec is not None and spec.lazy:
-                    self.keep.add(value[0])
                     continue
-                src = value[0]
-                if src not in self.values:
-                    deps[nid].add(src)
-                consumers.setdefault(src, []).append(nid)
-                self.remaining_consumers[src] = self.remaining_consumers.get(src, 0) + 1
-                stack.append(src)
-        return added
+                if self.state.get(source) == _DONE and source in self.values:
+                    continue
+                if source not in self.state or self.state[source] == _DONE:
+                    stack.append(source)
+                self._depend(nid, source)
+        for nid in sorted(added, key=lambda n: self.order_hint.get(n, len(self.order_hint))):
+            if not self.deps[nid]:
+                self.state[nid] = _READY
+                self.ready.append(nid)
 
-    async def _schedule(self) -> None:
-        needed: set[str] = set()
-        deps: dict[str, set[str]] = {}
-        consumers: dict[str, list[str]] = {}
-        order_hint = {nid: i for i, nid in enumerate(self.prompt)}
-        self._collect(self.outputs, needed, deps, consumers)
-        ready: deque[str] = deque(sorted((n for n in needed if not deps[n]), key=order_hint.__getitem__))
-        waiting: set[str] = {n for n in needed if deps[n]}
-        tasks: dict[asyncio.Task, str] = {}
-        done: set[str] = set()
+    def _done(self, nid: str) -> None:
+        """Mark a node done, release what it held and wake the nodes waiting for it."""
+        self.state[nid] = _DONE
+        self._release(nid)
+        for waiter in self.waiters.pop(nid, ()):
+            deps = self.deps.get(waiter)
+            if deps is None or nid not in deps:
+                continue
+            deps.discard(nid)
+            if deps:
+                continue
+            if self.state[waiter] == _WAITING:
+                self.state[waiter] = _READY
+                self.ready.append(waiter)
+            elif self.state[waiter] == _EXPANDING:
+                self._finish_expansion(waiter)
 
-        def finish(nid: str) -> None:
-            done.add(nid)
-            for consumer in consumers.get(nid, ()):
-                if consumer in waiting:
-                    deps[consumer].discard(nid)
-                    if not deps[consumer]:
-                        waiting.discard(consumer)
-                        ready.append(consumer)
-
-        try:
-            await self._dissolve(ready, waiting, tasks, finish, needed, deps, consumers)
-        finally:
-            for task in tasks:
-                task.cancel()
-        if waiting:
-            first = next(iter(waiting))
-            raise _Stop(self._error_event(first, "graph.DependencyCycleError", "Dependency cycle detected", [], {}),
-                        "error")
-
-    async def _dissolve(self, ready: deque[str], waiting: set[str], tasks: dict[asyncio.Task, str], finish: Any,
-                        needed: set[str], deps: dict[str, set[str]], consumers: dict[str, list[str]]) -> None:
-        while ready or tasks:
+    # -- scheduling -----------------------------------------------------------------------------
+    async def _dissolve(self) -> None:
+        while self.ready or self.tasks:
             if self.interrupt.is_set():
                 self._raise_interrupted(None)
-            if not ready:
-                finished, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            if not self.ready:
+                finished, _ = await asyncio.wait(self.tasks, return_when=asyncio.FIRST_COMPLETED)
                 for task in finished:
-                    nid = tasks.pop(task)
+                    self.tasks.pop(task)
                     task.result()  # re-raises _Stop
-                    finish(nid)
                 continue
-            nid = ready.popleft()
-            outcome = await self._stage(nid, needed, deps, consumers, waiting, ready, tasks)
-            if outcome == "done":
-                finish(nid)
+            await self._stage(self.ready.popleft())
+        stuck = [n for n, s in self.state.items() if s in (_WAITING, _EXPANDING)]
+        if stuck:
+            raise _Stop(self._error_event(stuck[0], "graph.DependencyCycleError", "Dependency cycle detected",
+                                          [], {}), "error")
 
-    async def _stage(self, nid: str, needed: set[str], deps: dict[str, set[str]], consumers: dict[str, list[str]],
-                     waiting: set[str], ready: deque[str], tasks: dict[asyncio.Task, str]) -> str:
-        """Run (or replay from cache, or defer for lazy inputs) one ready node."""
+    async def _stage(self, nid: str) -> None:
+        """Replay, reuse, defer (lazy inputs) or run one ready node."""
         definition = self.defs[nid]
-        entry = self.ex.cache.get(self.sig[nid])
+        signature = self.sig[nid]
+        entry = self.prefetched.pop(nid, None) or self.ex.cache.get(signature)
         if entry is not None:
-            self.values[nid] = entry.outputs
-            if definition.output_node:
-                if entry.ui:
-                    self.report.outputs[nid] = entry.ui
-                self.emit(Executed(self.prompt_id, nid, nid, entry.ui))
-                self._progress_state(nid, 1, 1, "finished")
-            self._release_inputs(nid)
-            return "done"
+            self._replay(nid, definition, entry.outputs, entry.ui)
+            return
+        twin = self.computed_by_sig.get(signature)
+        if twin is not None and twin in self.values:
+            self._replay(nid, definition, self.values[twin], self.report.outputs.get(twin))
+            return
+        running_twin = self.running_by_sig.get(signature)
+        if running_twin is not None:  # the same result is being computed under another id: wait for it
+            self.state[nid] = _WAITING
+            self._depend(nid, running_twin)
+            return
         inputs = self._resolve_inputs(nid, definition)
-        if definition.has_lazy_check:
-            missing = self._lazy_needed(nid, definition, inputs)
-            if missing:
-                sources = [self.prompt[nid]["inputs"][name][0] for name in missing]
-                added = self._collect([s for s in sources if s not in self.values], needed, deps, consumers)
-                for name in missing:
-                    src = self.prompt[nid]["inputs"][name][0]
-                    consumers.setdefault(src, []).append(nid)
-                    self.remaining_consumers[src] = self.remaining_consumers.get(src, 0) + 1
-                    if src not in self.values:
-                        deps[nid].add(src)
-                for src in list(deps[nid]):
-                    if src in self.values:
-                        deps[nid].discard(src)
-                for node in added:
-                    (waiting.add(node) if deps[node] else ready.append(node))
-                if deps[nid]:
-                    waiting.add(nid)
-                else:
-                    ready.append(nid)
-                return "pending"
+        if definition.has_lazy_check and self._defer_for_lazy_inputs(nid, definition, inputs):
+            return
+        self.state[nid] = _RUNNING
+        self.running_by_sig[signature] = nid
         if definition.is_async:
             task = asyncio.ensure_future(self._run_node(nid, definition, inputs))
-            tasks[task] = nid
+            self.tasks[task] = nid
             await asyncio.sleep(0)  # let it start (and reach its first await) before other work
-            return "async"
-        await self._run_node(nid, definition, inputs, offload=bool(tasks))
-        return "done"
+            return
+        await self._run_node(nid, definition, inputs, offload=bool(self.tasks))
+
+    def _replay(self, nid: str, definition: NodeDefinition, outputs: list[list[Any]], ui: dict | None) -> None:
+        self.values[nid] = outputs
+        self.computed_by_sig.setdefault(self.sig[nid], nid)
+        if definition.output_node:
+            if ui:
+                self.report.outputs[nid] = ui
+            self.emit(Executed(self.prompt_id, nid, self.display(nid), ui))
+            self._progress_state(nid, 1, 1, "finished")
+        self._done(nid)
+
+    def _defer_for_lazy_inputs(self, nid: str, definition: NodeDefinition,
+                               inputs: dict[str, list[Any] | None]) -> bool:
+        """Ask the node which lazy inputs it needs; plan them and wait. False when it can run now."""
+        missing = self._lazy_needed(nid, definition, inputs)
+        if not missing:
+            return False
+        self.requested.setdefault(nid, set()).update(missing)
+        self.state[nid] = _WAITING
+        sources = [self.prompt[nid]["inputs"][name][0] for name in missing]
+        for source in sources:
+            if self.state.get(source) != _DONE or source not in self.values:
+                self._depend(nid, source)
+        self._plan([s for s in sources if s not in self.state or self.state[s] == _DONE])
+        if not self.deps[nid]:
+            self.state[nid] = _READY
+            self.ready.appendleft(nid)
+        return True
 
     def _resolve_inputs(self, nid: str, definition: NodeDefinition) -> dict[str, list[Any] | None]:
+        """Input lists by name; None for a lazy input the node has not asked for (even if computed).
+
+        Passing a lazy input only once asked for keeps a node's inputs independent of what
+        happens to be cached (ComfyUI passes any value that is available, so the same prompt
+        can map a node over a different number of calls depending on the cache).
+        """
         resolved: dict[str, list[Any] | None] = {}
+        asked = self.requested.get(nid, set())
         for name, value in self.prompt[nid].get("inputs", {}).items():
             if is_link(value):
+                spec = definition.input_map.get(name)
+                if spec is not None and spec.lazy and name not in asked:
+                    resolved[name] = None
+                    continue
                 src_values = self.values.get(value[0])
                 resolved[name] = None if src_values is None else src_values[int(value[1])]
             elif name in definition.input_map:
@@ -397,24 +452,26 @@ class _PromptRun:
         for hidden in definition.hidden:
             if hidden.kind is HiddenKind.UNIQUE_ID:
                 resolved[hidden.name] = [nid]
-            elif hidden.kind is HiddenKind.PROMPT:
+            elif hidden.kind in (HiddenKind.PROMPT, HiddenKind.DYNPROMPT):
                 resolved[hidden.name] = [self.prompt]
             elif hidden.kind is HiddenKind.EXTRA_PNGINFO:
                 resolved[hidden.name] = [self.extra_data.get("extra_pnginfo")]
-            elif hidden.kind is HiddenKind.DYNPROMPT:
-                resolved[hidden.name] = [self.prompt]
         return resolved
 
     def _lazy_needed(self, nid: str, definition: NodeDefinition, inputs: dict[str, list[Any] | None]) -> list[str]:
         links = self.prompt[nid].get("inputs", {})
-        unresolved = [n for n, v in inputs.items() if v is None and is_link(links.get(n))]
+        asked = self.requested.get(nid, set())
+        unresolved = [n for n, v in inputs.items() if v is None and is_link(links.get(n)) and n not in asked]
         if not unresolved:
             return []
         node = definition.node_class()
         ctx = self._context(nid, definition)
-        kwargs = {k: (None if v is None else v[0]) for k, v in inputs.items()}
-        try:
-            wanted = node.check_lazy_status(ctx, **kwargs) or []
+        wanted: list[str] = []
+        try:  # asked once per mapped call, like execute (not for blocked calls); the union is needed
+            for kwargs in mapped_calls(definition, inputs):
+                if find_blocker(kwargs, definition.input_is_list) is not None:
+                    continue
+                wanted.extend(node.check_lazy_status(ctx, **kwargs) or [])
         except Exception as exc:
             raise _Stop(self._error_from_exception(nid, definition, exc, inputs), "error") from exc
         return [n for n in dict.fromkeys(wanted) if n in unresolved]
@@ -428,22 +485,25 @@ class _PromptRun:
     def _on_progress(self, nid: str, value: float, maximum: float, preview: Any) -> None:
         self._progress_state(nid, value, maximum, "running")
         if preview is not None:
-            self.emit(PreviewImage(self.prompt_id, nid, nid, preview))
+            self.emit(PreviewImage(self.prompt_id, nid, self.display(nid), preview))
         self.emit(Progress(self.prompt_id, nid, value, maximum))
 
     def _on_progress_text(self, nid: str, text: str) -> None:
-        self.emit(ProgressText(self.prompt_id, nid, nid, text))
+        self.emit(ProgressText(self.prompt_id, nid, self.display(nid), text))
 
+    # -- running ------------------------------------------------------------------------------
     async def _run_node(self, nid: str, definition: NodeDefinition, inputs: dict[str, list[Any] | None],
                         offload: bool = False) -> None:
         if self.interrupt.is_set():
             self._raise_interrupted(nid)
         self._progress_state(nid, 0, 1, "running")
-        self.emit(Executing(self.prompt_id, nid, nid))
+        self.emit(Executing(self.prompt_id, nid, self.display(nid)))
         ctx = self._context(nid, definition)
         started = time.perf_counter()
+        mark = node_memory.start()
         try:
-            results = await self._call_mapped(definition, ctx, inputs, offload)
+            results = await self._call(definition, ctx, inputs, offload)
+            outcome = collect(definition, nid, results)
         except Interrupted:
             self._raise_interrupted(nid)
         except _Stop:
@@ -451,33 +511,21 @@ class _PromptRun:
         except Exception as exc:
             log.debug("node %s (%s) failed", nid, definition.class_type, exc_info=True)
             raise _Stop(self._error_from_exception(nid, definition, exc, inputs), "error") from exc
-        outputs, ui = self._merge(definition, results)
-        self.values[nid] = outputs
-        if definition.cache is not CachePolicy.VOLATILE:
-            self.ex.cache.put(self.sig[nid], outputs, ui)
         self.report.executed.append(nid)
         self.report.node_runs[nid] = NodeRun(nid, definition.class_type, time.perf_counter() - started,
-                                             _peak_rss(), dict(ctx.info))
-        if ui:
-            self.report.outputs[nid] = ui
-            self.emit(Executed(self.prompt_id, nid, nid, ui))
-        self._progress_state(nid, 1, 1, "finished")
-        self._release_inputs(nid)
-
-    async def _call_mapped(self, definition: NodeDefinition, ctx: NodeContext,
-                           inputs: dict[str, list[Any] | None], offload: bool) -> list[Any]:
-        """Call ``execute`` once (INPUT_IS_LIST or all inputs single) or once per list index (ComfyUI rules)."""
-        lists = {k: (v if v is not None else [None]) for k, v in inputs.items()}
-        if definition.input_is_list:
-            calls = [lists]
+                                             node_memory.finish(mark), dict(ctx.info))
+        if outcome.expanded:
+            self._expand(nid, definition, outcome)
         else:
-            count = max((len(v) for v in lists.values()), default=1)
-            calls = [{k: (v[i] if len(v) > i else v[-1]) if v else None for k, v in lists.items()}
-                     for i in range(max(count, 1))]
+            self._complete(nid, definition, assemble(definition, outcome, self._resolve_link), outcome.ui)
+
+    async def _call(self, definition: NodeDefinition, ctx: NodeContext, inputs: dict[str, list[Any] | None],
+                    offload: bool) -> list[Any]:
+        """Call ``execute`` once per mapped call; blocked calls yield their ExecutionBlocker."""
         results = []
         node = definition.node_class()
-        for kwargs in calls:
-            blocker = _find_blocker(kwargs, definition.input_is_list)
+        for kwargs in mapped_calls(definition, inputs):
+            blocker = find_blocker(kwargs, definition.input_is_list)
             if blocker is not None:
                 self._report_blocker(ctx, definition, blocker)
                 results.append(blocker)
@@ -490,58 +538,59 @@ class _PromptRun:
                 results.append(node.execute(ctx, **kwargs))
         return results
 
+    def _resolve_link(self, source: str, index: int) -> list[Any]:
+        return self.values[source][index]
+
+    def _complete(self, nid: str, definition: NodeDefinition, outputs: list[list[Any]], ui: dict | None) -> None:
+        self.values[nid] = outputs
+        self.running_by_sig.pop(self.sig[nid], None)
+        self.computed_by_sig.setdefault(self.sig[nid], nid)
+        if definition.cache is not CachePolicy.VOLATILE:
+            self.ex.cache.put(self.sig[nid], outputs, ui)
+        if ui:
+            self.report.outputs[nid] = ui
+            self.emit(Executed(self.prompt_id, nid, self.display(nid), ui))
+        self._progress_state(nid, 1, 1, "finished")
+        self._done(nid)
+
+    def _expand(self, nid: str, definition: NodeDefinition, outcome: CallOutcome) -> None:
+        """Add the sub-graph a node returned and complete the node once its linked outputs are done."""
+        new_ids = list(outcome.expanded)
+        for new_id in new_ids:
+            node = outcome.expanded[new_id]
+            child = self.ex.registry.get(node["class_type"])
+            if child is None:
+                raise _Stop(self._error_event(nid, "NodeResultError",
+                                              f"{definition.class_type} (node {nid}) expanded into an unknown node "
+                                              f"type {node['class_type']!r}", [], {}), "error")
+            self.prompt[new_id] = node
+            self.defs[new_id] = child
+            self.parent[new_id] = nid
+            self.order_hint[new_id] = len(self.order_hint)
+        compute_signatures(self.prompt, self.defs, self.sig, nodes=new_ids, paths=self.ex.paths)
+        self.state[nid] = _EXPANDING
+        self.expanding[nid] = outcome
+        targets = list(dict.fromkeys(link[0] for link in outcome.pending_links))
+        for target in targets:
+            self._hold(nid, target)
+            if self.state.get(target) != _DONE or target not in self.values:
+                self._depend(nid, target)
+        self._plan([t for t in targets if t not in self.state or self.state[t] == _DONE])
+        if not self.deps[nid]:
+            self._finish_expansion(nid)
+
+    def _finish_expansion(self, nid: str) -> None:
+        definition = self.defs[nid]
+        outcome = self.expanding.pop(nid)
+        self.state[nid] = _RUNNING
+        self._complete(nid, definition, assemble(definition, outcome, self._resolve_link), outcome.ui)
+
     def _report_blocker(self, ctx: NodeContext, definition: NodeDefinition, blocker: ExecutionBlocker) -> None:
         if blocker.message is None or id(blocker) in self.blocker_reported:
             return
         self.blocker_reported.add(id(blocker))
         self.emit(ExecutionError(self.prompt_id, ctx.node_id, definition.class_type, list(self.report.executed),
                                  f"Execution Blocked: {blocker.message}", "ExecutionBlocked", [], {}, []))
-
-    def _merge(self, definition: NodeDefinition, results: list[Any]) -> tuple[list[list[Any]], dict | None]:
-        n_out = len(definition.outputs)
-        outputs: list[list[Any]] = [[] for _ in range(n_out)]
-        ui: dict[str, list] | None = None
-        for result in results:
-            if isinstance(result, ExecutionBlocker):
-                for slot in outputs:
-                    slot.append(result)
-                continue
-            if isinstance(result, NodeResult):
-                values, call_ui = tuple(result.outputs), result.ui
-            elif isinstance(result, tuple):
-                values, call_ui = result, None
-            elif result is None:
-                values, call_ui = (), None
-            else:
-                raise TypeError(f"{definition.class_type}.execute must return a tuple or NodeResult, "
-                                f"got {type(result).__name__}")
-            if values and len(values) != n_out:
-                raise TypeError(f"{definition.class_type} returned {len(values)} values for {n_out} outputs")
-            for i, value in enumerate(values):
-                if definition.outputs[i].is_list:
-                    outputs[i].extend(value)
-                else:
-                    outputs[i].append(value)
-            if call_ui:
-                if ui is None:
-                    ui = {k: list(v) for k, v in call_ui.items()}
-                else:
-                    for k in ui:
-                        ui[k].extend(call_ui.get(k, []))
-        return outputs, ui
-
-    def _release_inputs(self, nid: str) -> None:
-        """Drop upstream outputs whose last consumer has now run (reference counting)."""
-        for value in self.prompt[nid].get("inputs", {}).values():
-            if not is_link(value):
-                continue
-            src = value[0]
-            if src not in self.remaining_consumers:
-                continue
-            self.remaining_consumers[src] -= 1
-            if self.remaining_consumers[src] <= 0 and src not in self.keep and src not in self.outputs:
-                self.values.pop(src, None)
-                del self.remaining_consumers[src]
 
     # -- errors ------------------------------------------------------------------------------
     def _raise_interrupted(self, nid: str | None) -> None:
@@ -558,19 +607,9 @@ class _PromptRun:
         cls = type(exc)
         exc_type = cls.__name__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
         message = str(exc) or exc_type
-        if not isinstance(exc, NodeError):
-            message = f"{definition.class_type} (node {nid}) failed: {message}"
+        if not isinstance(exc, (NodeError, NodeResultError)):
+            where = f"node {nid}" if nid not in self.parent else f"node {nid}, expanded from node {self.display(nid)}"
+            message = f"{definition.class_type} ({where}) failed: {message}"
         current = {k: [_format_input(x) for x in (v or [])][:4] for k, v in inputs.items()}
         trace = tb.format_exception(exc) if sys.version_info >= (3, 10) else tb.format_exc().splitlines()
         return self._error_event(nid, exc_type, message, trace, current)
-
-
-def _find_blocker(kwargs: dict[str, Any], input_is_list: bool) -> ExecutionBlocker | None:
-    for value in kwargs.values():
-        if isinstance(value, ExecutionBlocker):
-            return value
-        if input_is_list and isinstance(value, list):
-            for item in value:
-                if isinstance(item, ExecutionBlocker):
-                    return item
-    return None

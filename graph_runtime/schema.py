@@ -208,10 +208,15 @@ class NodeResult:
 
     ``ui`` is shown on the canvas and stored in history, e.g. ``{"images": [{filename, subfolder, type}]}``;
     every value must be a list so per-call results can be concatenated.
+
+    ``expand`` (ComfyUI's node expansion) is a sub-graph in API format (``{id: {class_type, inputs}}``)
+    that the executor runs in place of this node: an output given as a link ``[id, index]`` to one
+    of its nodes takes that node's output.  Inputs may also link to the prompt's own nodes.
     """
 
     outputs: tuple = ()
     ui: dict[str, list] | None = None
+    expand: dict[str, dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)

@@ -344,8 +344,8 @@ class Runtime:
                 pending_free, self._pending_free = self._pending_free, {}
         meta = {nid: {"node_id": nid, "display_node": nid, "parent_node": None, "real_node_id": nid}
                 for nid in report.outputs}
-        timings = {nid: {"class_type": r.class_type, "seconds": round(r.seconds, 6),
-                         "peak_rss_bytes": r.peak_rss_bytes, **r.info} for nid, r in report.node_runs.items()}
+        timings = {nid: {"class_type": r.class_type, "seconds": round(r.seconds, 6), **r.memory, **r.info}
+                   for nid, r in report.node_runs.items()}
         for nid, info in timings.items():
             meta.setdefault(nid, {"node_id": nid, "display_node": nid, "parent_node": None, "real_node_id": nid})
             meta[nid]["execution"] = info

@@ -305,3 +305,53 @@ def test_the_frontend_works_with_a_token_in_the_url(browser: Any, tiny_models_di
     finally:
         page.close()
         server.stop()
+
+
+def test_run_twice_with_randomized_seed_then_new_text(page: Page, server: LiveServer) -> None:
+    """The most common interaction: Run, Run again (the seed widget randomizes), edit the text, Run."""
+    page.open()
+    before = set(server.get("/history").json())
+
+    def prompt_ids() -> set[str]:
+        queue = server.get("/queue").json()
+        queued = {item[1] for item in queue["queue_running"] + queue["queue_pending"]}
+        return queued | set(server.get("/history").json())
+
+    def run_once() -> dict[str, Any]:
+        known = prompt_ids()
+        # exact: while a prompt runs, a "Cancel current run" button matches "Run" too
+        page.page.get_by_role("button", name="Run", exact=True).first.click()
+        new: set[str] = set()
+        for _ in range(300):  # up to 30 s: the prompt the click queued shows in the queue or history
+            new = prompt_ids() - known
+            if new:
+                break
+            page.page.wait_for_timeout(100)
+        assert len(new) == 1, "Run queued no prompt"
+        entry = server.wait_history(new.pop(), timeout=180)
+        assert entry["status"]["status_str"] == "success", entry["status"]
+        return entry
+
+    def sampler_seed(entry: dict[str, Any]) -> int:
+        prompt = entry["prompt"][2]
+        return next(n["inputs"]["seed"] for n in prompt.values() if n["class_type"] == "KSampler")
+
+    first = run_once()
+    second = run_once()
+    assert sampler_seed(first) != sampler_seed(second)  # "randomize" after the first Run
+    page.page.evaluate("""() => { const node = window.app.graph.nodes.find(
+        n => n.type === 'CLIPTextEncode' && n.widgets[0].value.length > 0);
+        node.widgets[0].value = 'a lighthouse at dusk, oil painting'; window.app.graph.setDirtyCanvas(true, true) }""")
+    third = run_once()
+    texts = {n["inputs"]["text"] for n in third["prompt"][2].values() if n["class_type"] == "CLIPTextEncode"}
+    assert "a lighthouse at dusk, oil painting" in texts
+    files = [img["filename"] for entry in (first, second, third) for out in entry["outputs"].values()
+             for img in out.get("images", [])]
+    assert len(files) == 3 and len(set(files)) == 3
+    assert all((server.paths.output_dir / f).is_file() for f in files)
+    assert len(set(server.get("/history").json()) - before) == 3
+    page.page.wait_for_function(
+        f"() => (window.app.graph.nodes.find(n => n.type === 'SaveImage')?.images || [])"
+        f".some(i => i.filename === '{files[-1]}')", timeout=30_000)
+    page.assert_clean()
+    page.shot("browser_run_twice.png")

@@ -395,6 +395,14 @@ class ModelManager:
         with self._lock:
             self._prompt_used = {}
 
+    def note_prompt_use(self, handles: Iterable["ModelHandle"]) -> None:
+        """Count handles as used by the current prompt without loading them: the models behind
+        node outputs replayed from the output cache still made this prompt's results."""
+        with self._lock:
+            if self._prompt_used is not None:
+                for handle in handles:
+                    self._prompt_used.setdefault(handle.key, handle)
+
     def prompt_models(self, *, with_sha256: bool = True) -> list[dict[str, Any]]:
         """The models used since :meth:`begin_prompt`: files (with SHA-256 when hashes are known), dtype, device."""
         with self._lock:

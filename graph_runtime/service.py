@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from graph_runtime.context import RuntimeOptions
-from graph_runtime.events import Event, Executing, QueueStatus
+from graph_runtime.events import Event, Executing, ExecutionCached, QueueStatus
 from graph_runtime.executor import ExecutionReport, Executor, InterruptToken
 from graph_runtime.file_hashes import FileHashes
 from graph_runtime.jobs import DuplicateJobError, Job, JobStatus, JobStore
-from graph_runtime.model_manager import manager_for
+from graph_runtime.model_manager import manager_for, model_handles_in
 from graph_runtime.node_info import node_info, object_info
 from graph_runtime.paths import FolderPaths
 from graph_runtime.registry import NodeRegistry, build_registry
@@ -331,9 +331,13 @@ class Runtime:
         self._emit_status()
         self.models.begin_prompt()  # the record lists the models this prompt uses
         try:
+            def sink(event: Event) -> None:
+                if isinstance(event, ExecutionCached) and event.nodes:
+                    self._note_cached_models(job.prompt, event.nodes)
+                self._emit(event, client_id)
+
             report = self.executor.execute(job.prompt_id, job.prompt, job.outputs_to_execute,
-                                           extra_data=job.extra_data, interrupt=token,
-                                           sink=lambda event: self._emit(event, client_id))
+                                           extra_data=job.extra_data, interrupt=token, sink=sink)
         except Exception as exc:  # executor bugs still end the job cleanly
             log.exception("executor crashed on %s", job.prompt_id)
             report = ExecutionReport(job.prompt_id, "error", error={"exception_message": str(exc),
@@ -363,6 +367,20 @@ class Runtime:
         if pending_free:
             self._free_now(pending_free.get("unload_models", False), pending_free.get("free_memory", False))
         return report
+
+    def _note_cached_models(self, prompt: dict[str, Any], nodes: list[str]) -> None:
+        """Nodes replayed from the output cache load no model, yet their models made the result:
+        count the handles in their cached outputs as used, for the reproducibility record."""
+        try:
+            signatures = self.executor.signatures(prompt)
+            handles = []
+            for node_id in nodes:
+                entry = self.executor.cache.get(signatures.get(node_id, ""))
+                if entry is not None:
+                    handles += model_handles_in(entry.outputs)
+            self.models.note_prompt_use(handles)
+        except Exception:  # the record is a courtesy: never fail the prompt over it
+            log.exception("could not list the models of cached nodes")
 
     def _record_notes(self) -> dict[str, Any]:
         """``{"record": ...}``: the reproducibility record of the job that just ran (worker thread)."""

@@ -582,3 +582,56 @@ def test_a_version_1_database_is_migrated_keeping_its_jobs(tmp_path):
         add(s, "new", owner="alice")
         assert s.get("new").owner == "alice"
     assert sqlite3.connect(db).execute("PRAGMA user_version").fetchone()[0] == 2
+
+
+# ------------------------------------------------------------------ the in-memory queue size
+
+def test_queue_remaining_follows_every_state_change(tmp_path):
+    """``queue_remaining`` (kept in memory) equals a count in SQL after any sequence of operations."""
+    from hypothesis import given, seed, settings
+    from hypothesis import strategies as st
+
+    import itertools
+
+    files = itertools.count()
+    ops = st.lists(st.sampled_from(["enqueue", "claim", "finish", "cancel", "cancel_running", "delete", "clear",
+                                    "clear_history", "reopen"]), max_size=40)
+
+    @settings(max_examples=60, deadline=None, database=None)
+    @seed(7)
+    @given(ops)
+    def check(sequence: list[str]) -> None:
+        db = tmp_path / f"q-{next(files)}.sqlite3"
+        store = JobStore(db)
+        running: list[str] = []
+        n = 0
+        try:
+            for op in sequence:
+                pending = [j.prompt_id for j in store.pending()]
+                if op == "enqueue":
+                    n += 1
+                    add(store, f"p{n}")
+                elif op == "claim" and (job := store.claim_next(timeout=0)) is not None:
+                    running.append(job.prompt_id)
+                elif op == "finish" and running:
+                    store.finish(running.pop(0), JobStatus.SUCCEEDED, outputs={}, messages=[])
+                elif op == "cancel" and pending:
+                    store.cancel(pending[:1])
+                elif op == "cancel_running" and running:
+                    store.cancel(running[:1])  # reported back, still running
+                elif op == "delete" and pending:
+                    store.delete_pending(pending[-1:])
+                elif op == "clear":
+                    store.clear_pending()
+                elif op == "clear_history":
+                    store.clear_history()
+                elif op == "reopen":
+                    store.close()
+                    store = JobStore(db)
+                    store.recover_after_restart()
+                    running = []
+                assert store.queue_remaining() == store.count([JobStatus.PENDING, JobStatus.RUNNING]), op
+        finally:
+            store.close()
+
+    check()

@@ -65,8 +65,8 @@ Concurrency
     :meth:`JobStore.claim_next` blocks on a :class:`threading.Condition` that
     :meth:`JobStore.enqueue` notifies.  The claim is also atomic at the SQL level
     (``UPDATE ... RETURNING`` in a ``BEGIN IMMEDIATE`` transaction), but one process
-    should own a database file: wake-ups, the number counter, the completion sequence
-    and the history size are kept in memory per store (a second writer could only
+    should own a database file: wake-ups, the number counter, the completion sequence,
+    the history size and the queue size are kept in memory per store (a second writer could only
     produce equal numbers, which fall back to insertion order).
     WAL checkpoints (which fsync) run on a small background thread with its own
     connection, so they do not stall enqueue/claim/finish; the connection's automatic
@@ -154,6 +154,7 @@ class JobStore:
         self._next_number = 0
         self._next_finish_seq = 1
         self._history_len = 0
+        self._active = 0  # pending + running, kept in step with every state change
         self._commits = 0
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction is
         # exactly what _tx() says and nothing is left open by implicit BEGINs.
@@ -201,6 +202,9 @@ class JobStore:
             ).fetchone()[0]
             self._history_len = conn.execute(
                 f"SELECT COUNT(*) FROM jobs WHERE {FINISHED_SQL}"
+            ).fetchone()[0]
+            self._active = conn.execute(
+                "SELECT COUNT(*) FROM jobs WHERE status IN ('pending','running')"
             ).fetchone()[0]
         self._next_number = max(
             0 if saved is None else int(saved[0]),
@@ -297,6 +301,7 @@ class JobStore:
                 raise DuplicateJobError(f"prompt_id {prompt_id!r} already exists") from exc
             if number is None:
                 self._next_number += 1
+            self._active += 1
             self._committed()
             self._work.notify()
         return Job(
@@ -388,6 +393,7 @@ class JobStore:
                     raise JobStateError(f"job {prompt_id} is {row[0]}, not running")
                 evicted = self._evict_history_locked(conn, added=1)
             self._history_len += 1 - evicted
+            self._active -= 1
             self._committed()
 
     def annotate(self, prompt_id: str, key: str, value: Any) -> bool:
@@ -465,10 +471,13 @@ class JobStore:
         return QueueSnapshot([row_to_job(r) for r in running], [row_to_job(r) for r in pending])
 
     def queue_remaining(self) -> int:
-        """Pending + running count, ComfyUI's ``exec_info.queue_remaining``."""
-        return self._select(
-            "SELECT COUNT(*) FROM jobs WHERE status IN ('pending','running')"
-        )[0][0]
+        """Pending + running count, ComfyUI's ``exec_info.queue_remaining``.
+
+        Kept in memory in step with every state change (counted once at open), like the
+        history length: asked after every queue change, it costs no query and no lock.
+        """
+        self._check_open()
+        return self._active
 
     def count(self, statuses: Iterable[JobStatus | str] | None = None, *, owner: str | None = None) -> int:
         """Number of jobs in the given states (all jobs when ``None``), of ``owner`` when given."""
@@ -598,6 +607,7 @@ class JobStore:
         """Remove the given jobs if they are still pending (and ``owner``'s); returns the ids removed."""
         with self._lock:
             removed = self._delete_where("status = 'pending'", prompt_ids, owner)
+            self._active -= len(removed)
             self._committed()
         return removed
 
@@ -610,6 +620,7 @@ class JobStore:
                 removed = [r[0] for r in conn.execute(
                     f"DELETE FROM jobs WHERE status = 'pending'{mine} RETURNING prompt_id", params,
                 ).fetchall()]
+            self._active -= len(removed)
             self._committed()
         return removed
 
@@ -645,6 +656,7 @@ class JobStore:
                             cancelled.append(pid)
                 evicted = self._evict_history_locked(conn, added=len(cancelled))
             self._history_len += len(cancelled) - evicted
+            self._active -= len(cancelled)
             self._committed()
         return CancelResult(cancelled=cancelled, running=running)
 
@@ -720,6 +732,7 @@ class JobStore:
                     "SELECT COUNT(*) FROM jobs WHERE status = 'pending'"
                 ).fetchone()[0]
             self._history_len += len(failed) - evicted
+            self._active -= len(failed)
             self._committed()
             if retry:
                 self._work.notify_all()

@@ -49,7 +49,7 @@ class ReadyCheck:
 class AsyncRuntime:
     """Async access to one :class:`Runtime` (see the module docstring)."""
 
-    def __init__(self, runtime: Runtime, *, submit_workers: int = 2, read_workers: int = 4) -> None:
+    def __init__(self, runtime: Runtime, *, submit_workers: int = 1, read_workers: int = 4) -> None:
         self.runtime = runtime
         self._submit_pool = ThreadPoolExecutor(submit_workers, thread_name_prefix="genesis-submit")
         self._read_pool = ThreadPoolExecutor(read_workers, thread_name_prefix="genesis-read")

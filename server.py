@@ -43,6 +43,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="memory budget of the output cache kept across prompts (LRU)")
     parser.add_argument("--model-budget-mb", type=int, default=None, help="memory budget of resident models")
     parser.add_argument("--preview-method", choices=("auto", "latent2rgb", "none"), default="auto")
+    parser.add_argument("--network-concurrency", type=int, default=4,
+                        help="remote jobs (video API calls) in flight per provider; the rest wait in order")
     parser.add_argument("--verbose", "-v", action="store_true")
 
 
@@ -115,6 +117,7 @@ def build_options(args: argparse.Namespace):
                           preview_method=args.preview_method, cache_budget_bytes=args.cache_budget_mb << 20,
                           model_budget_bytes=None if args.model_budget_mb is None else args.model_budget_mb << 20,
                           vram_mode=mode, reserve_vram_bytes=int((args.reserve_vram or 0) * (1 << 30)),
+                          network_concurrency=max(1, args.network_concurrency),
                           smart_memory=not args.disable_smart_memory)
 
 

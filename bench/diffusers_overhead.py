@@ -6,11 +6,12 @@
 
 Why this exists: the issue's targets are *time ≤ 1.02× raw diffusers* and *peak memory ≤ 1.1× raw
 diffusers* for the same model, size, steps and sampler (ComfyUI, for reference: 1.04× and 1.8×).
-Three paths generate the same images (same seeds and prompts; the chains are bit-exact per
-``tests/test_parity.py``, the saved 8-bit pictures differ by at most 1 level from rounding):
+Three paths do the same work (same seeds, prompts, steps and model calls; the pictures agree to a
+level or so: our KSampler follows ComfyUI, whose first noise is √(1 + σ_max²)·noise where this
+Euler's is σ_max·noise — with that start the chains are bit-exact, per ``tests/test_parity.py``):
 
 * **raw** — ``StableDiffusionPipeline.from_pretrained(<diffusers folder>)`` with EulerDiscreteScheduler
-  (``timestep_spacing="linspace"``, what ComfyUI's euler/normal is), ``pipe(prompt, negative_prompt,
+  (``timestep_spacing="linspace"``, the timesteps of ComfyUI's euler/normal), ``pipe(prompt, negative_prompt,
   256, 256, 4 steps, cfg 7.5, generator=cpu seed)``, default PIL output;
 * **executor** — the API prompt ``CheckpointLoaderSimple → CLIPTextEncode ×2 → EmptyLatentImage →
   KSampler(euler, normal, cfg 7.5) → VAEDecode → PreviewImage``, validated by ``PromptValidator`` and

@@ -271,8 +271,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nDenoisers on CPU, fp32 compute, CFG batch 2, {args.latent * 8}² px, {os.environ.get('OMP_NUM_THREADS', '1')} thread(s)")
         print(table1(rows))
     if not args.skip_two_checkpoints:
-        from models.tools.sized_models import SD15_CHANNELS  # noqa: F401 - documents the default
-
         with tempfile.TemporaryDirectory(prefix="genesis-bench-mem-") as tmp:
             channels = [str(c) for c in args.ckpt_channels]
             # size of one UNet, for the default budget: measured by a dry child without a budget would cost a

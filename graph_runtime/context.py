@@ -42,6 +42,7 @@ class RuntimeOptions:
     fp8_weights: bool = False
     preview_method: str = "auto"  # "auto" | "latent2rgb" | "none"
     cache_budget_bytes: int = 512 << 20  # outputs kept across prompts; models are budgeted apart
+    network_concurrency: int = 4  # remote jobs in flight per provider (network lane)
     model_budget_bytes: int | None = None  # fixed budget for loaded models (None: the free memory measured)
     # ComfyUI's memory flags: --highvram/--lowvram/--novram/--cpu as one mode, --reserve-vram,
     # --disable-smart-memory (see graph_runtime.model_manager.VramMode)
@@ -63,6 +64,9 @@ class NodeContext:
     _progress: Callable[[str, float, float, Any], None] = field(repr=False, default=lambda *a: None)
     _interrupted: Callable[[], bool] = field(repr=False, default=lambda: False)
     _progress_text: Callable[[str, str], None] = field(repr=False, default=lambda *a: None)
+    remote_jobs: Any = None
+    """For network-bound nodes run by the service: a :class:`~graph_runtime.jobs.remote.RemoteJobJournal`
+    where a node records the remote jobs it starts, so a restart resumes them instead of paying twice."""
     info: dict[str, Any] = field(default_factory=dict)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("genesis.node"))
 

@@ -23,6 +23,11 @@ Design, in short:
 * **Expansion.** A node may return a sub-graph to run in its place (:mod:`graph_runtime.node_calls`);
   the expanded nodes are planned like any other, and the expanding node completes when the nodes
   its outputs link to are done.
+* **Lanes.** With a :class:`~graph_runtime.lanes.Lanes` object (the service gives one), network
+  nodes run on the network lane, the prompt gives the GPU gate back while it only waits on them
+  (it *parks*) and takes it again before running other nodes; nodes whose remote job was accepted
+  before a restart run without their inputs and their ancestors are not planned (see
+  :mod:`graph_runtime.lanes`).  Without one, everything runs on the prompt's own loop.
 * Exceptions become a structured ``execution_error``; an interrupt becomes
   ``execution_interrupted``.  The executor never raises for a node's failure.
 """
@@ -37,15 +42,16 @@ import time
 import traceback as tb
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from graph_runtime import node_memory
 from graph_runtime.cache import CacheEntry, OutputCache
 from graph_runtime.context import Interrupted, NodeContext, NodeError, RuntimeOptions
+from graph_runtime.lanes import Lanes
 from graph_runtime.events import (Event, EventSink, Executed, Executing, ExecutionCached, ExecutionError,
                                   ExecutionInterrupted, ExecutionStart, ExecutionSuccess, NodeProgress, PreviewImage,
                                   Progress, ProgressState, ProgressText, discard)
-from graph_runtime.model_manager import ModelManager
+from graph_runtime.model_manager import ModelManager, is_out_of_memory, manager_for, out_of_memory_message
 from graph_runtime.node_calls import CallOutcome, NodeResultError, assemble, collect, find_blocker, mapped_calls
 from graph_runtime.paths import FolderPaths
 from graph_runtime.registry import NodeRegistry
@@ -126,24 +132,29 @@ class Executor:
     """Executes prompts against one registry; keeps the output cache between prompts."""
 
     def __init__(self, registry: NodeRegistry, paths: FolderPaths, *, models: ModelManager | None = None,
-                 options: RuntimeOptions | None = None, cache: OutputCache | None = None) -> None:
+                 options: RuntimeOptions | None = None, cache: OutputCache | None = None,
+                 lanes: Lanes | None = None, is_oom: Callable[[BaseException], bool] = is_out_of_memory) -> None:
         self.registry = registry
         self.paths = paths
         self.options = options or RuntimeOptions()
-        self.models = models if models is not None else ModelManager(self.options.model_budget_bytes)
+        self.models = models if models is not None else manager_for(self.options)
+        self.is_oom = is_oom  # which exceptions mean "out of memory" (torch-free; the composition root may refine it)
         self.cache = cache if cache is not None else OutputCache(self.options.cache_budget_bytes)
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self.lanes = lanes
+        self._local = threading.local()  # one event loop per thread: parked prompts run side by side
 
     # -- public -------------------------------------------------------------------------------
     def execute(self, prompt_id: str, prompt: dict[str, Any], outputs_to_execute: list[str], *,
                 extra_data: dict[str, Any] | None = None, sink: EventSink = discard,
                 interrupt: InterruptToken | None = None) -> ExecutionReport:
-        """Run a validated prompt and return its report (blocking; call from one worker thread)."""
-        if self._loop is None or self._loop.is_closed():
-            self._loop = asyncio.new_event_loop()
+        """Run a validated prompt and return its report (blocking; prompts may run on several
+        threads at once when a lane parks them, each on its thread's own event loop)."""
+        loop = getattr(self._local, "loop", None)
+        if loop is None or loop.is_closed():
+            loop = self._local.loop = asyncio.new_event_loop()
         run = _PromptRun(self, prompt_id, prompt, [str(o) for o in outputs_to_execute], extra_data or {}, sink,
                          interrupt or InterruptToken())
-        return self._loop.run_until_complete(run.run())
+        return loop.run_until_complete(run.run())
 
     def signatures(self, prompt: dict[str, Any]) -> dict[str, str]:
         """The cache signature of every node of a (validated) prompt."""
@@ -156,8 +167,11 @@ class Executor:
         self.models.unload_all()
 
     def close(self) -> None:
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.close()
+        """Close the calling thread's event loop (a thread that ran prompts calls this when it ends)."""
+        loop = getattr(self._local, "loop", None)
+        if loop is not None and not loop.is_closed():
+            loop.close()
+        self._local.loop = None
 
 
 # node states while a prompt runs
@@ -200,6 +214,10 @@ class _PromptRun:
         self.blocker_reported: set[int] = set()
         self.running_progress: dict[str, NodeProgress] = {}
         self.order_hint = {nid: i for i, nid in enumerate(self.prompt)}
+        # lanes: network nodes report from the lane's thread, so progress bookkeeping takes a lock
+        self.lanes = executor.lanes
+        self.resumable: set[str] = self.lanes.resumable_nodes(prompt_id) if self.lanes and prompt_id else set()
+        self._progress_lock = threading.Lock()
 
     # -- events ---------------------------------------------------------------------------------
     def emit(self, event: Event, *, history: bool = False) -> None:
@@ -225,11 +243,13 @@ class _PromptRun:
         """
         shown = self.display(node_id)
         entry = NodeProgress(value, maximum, state, node_id, self.prompt_id, shown, self.parent.get(node_id), shown)
-        if state == "running":
-            self.running_progress[node_id] = entry
-        else:
-            self.running_progress.pop(node_id, None)
-        self.emit(ProgressState(self.prompt_id, {**self.running_progress, node_id: entry}))
+        with self._progress_lock:
+            if state == "running":
+                self.running_progress[node_id] = entry
+            else:
+                self.running_progress.pop(node_id, None)
+            nodes = {**self.running_progress, node_id: entry}
+        self.emit(ProgressState(self.prompt_id, nodes))
 
     # -- signatures -----------------------------------------------------------------------------
     def compute_signatures(self) -> dict[str, str]:
@@ -320,6 +340,8 @@ class _PromptRun:
             if entry is not None:
                 self.prefetched[nid] = entry
                 continue
+            if nid in self.resumable:  # its remote job runs already: it needs none of its inputs
+                continue
             definition = self.defs[nid]
             for name, value in self.prompt[nid].get("inputs", {}).items():
                 if not is_link(value):
@@ -362,6 +384,8 @@ class _PromptRun:
             if self.interrupt.is_set():
                 self._raise_interrupted(None)
             if not self.ready:
+                if self.lanes is not None and all(Lanes.is_network(self.defs[n]) for n in self.tasks.values()):
+                    self.lanes.park(self.prompt_id)  # only waiting on providers: free the GPU queue
                 finished, _ = await asyncio.wait(self.tasks, return_when=asyncio.FIRST_COMPLETED)
                 for task in finished:
                     self.tasks.pop(task)
@@ -390,6 +414,9 @@ class _PromptRun:
             self.state[nid] = _WAITING
             self._depend(nid, running_twin)
             return
+        if self.lanes is not None and not Lanes.is_network(definition):
+            if not await self.lanes.unpark(self.prompt_id, self.interrupt.is_set):
+                self._raise_interrupted(None)
         inputs = self._resolve_inputs(nid, definition)
         if definition.has_lazy_check and self._defer_for_lazy_inputs(nid, definition, inputs):
             return
@@ -480,7 +507,9 @@ class _PromptRun:
         return NodeContext(node_id=nid, class_type=definition.class_type, prompt_id=self.prompt_id,
                            paths=self.ex.paths, models=self.ex.models, options=self.ex.options,
                            _progress=self._on_progress, _interrupted=self.interrupt.is_set,
-                           _progress_text=self._on_progress_text)
+                           _progress_text=self._on_progress_text,
+                           remote_jobs=self.lanes.journal(self.prompt_id, nid)
+                           if self.lanes is not None and Lanes.is_network(definition) else None)
 
     def _on_progress(self, nid: str, value: float, maximum: float, preview: Any) -> None:
         self._progress_state(nid, value, maximum, "running")
@@ -502,7 +531,7 @@ class _PromptRun:
         started = time.perf_counter()
         mark = node_memory.start()
         try:
-            results = await self._call(definition, ctx, inputs, offload)
+            results = await self._call_with_memory(nid, definition, ctx, inputs, offload)
             outcome = collect(definition, nid, results)
         except Interrupted:
             self._raise_interrupted(nid)
@@ -519,6 +548,30 @@ class _PromptRun:
         else:
             self._complete(nid, definition, assemble(definition, outcome, self._resolve_link), outcome.ui)
 
+    async def _call_with_memory(self, nid: str, definition: NodeDefinition, ctx: NodeContext,
+                                inputs: dict[str, list[Any] | None], offload: bool) -> list[Any]:
+        """Run a node in the model manager's scope: the models it uses stay pinned, its declared working
+        memory is reserved first, and an out-of-memory error frees every model the node does not use and
+        runs it once more; a second one becomes an error saying what to change."""
+        models = self.ex.models
+        first = {name: values[0] for name, values in inputs.items() if values}
+        with models.prepare_for(nid, inputs=first):
+            try:
+                return await self._call(definition, ctx, inputs, offload)
+            except Exception as exc:
+                if not self.ex.is_oom(exc):
+                    raise
+                log.warning("node %s (%s) ran out of memory; freeing models and retrying once", nid,
+                            definition.class_type)
+            models.free_for_retry()
+            try:
+                return await self._call(definition, ctx, inputs, offload)
+            except Exception as exc:
+                if not self.ex.is_oom(exc):
+                    raise
+                raise NodeError(out_of_memory_message(definition.class_type, nid, exc,
+                                                      models.loaded_models())) from exc
+
     async def _call(self, definition: NodeDefinition, ctx: NodeContext, inputs: dict[str, list[Any] | None],
                     offload: bool) -> list[Any]:
         """Call ``execute`` once per mapped call; blocked calls yield their ExecutionBlocker."""
@@ -530,7 +583,10 @@ class _PromptRun:
                 self._report_blocker(ctx, definition, blocker)
                 results.append(blocker)
                 continue
-            if definition.is_async:
+            if self.lanes is not None and Lanes.is_network(definition):
+                results.append(await self.lanes.run_network(definition, lambda kw=kwargs: node.execute(ctx, **kw),
+                                                            self.interrupt.is_set))
+            elif definition.is_async:
                 results.append(await node.execute(ctx, **kwargs))
             elif offload:
                 results.append(await asyncio.to_thread(node.execute, ctx, **kwargs))

@@ -62,7 +62,10 @@ class ModelMemoryError(MemoryError):
 
 
 class ModelOps(Protocol):
-    """How the manager measures and moves one kind of loaded value (torch code lives in ``nodes``)."""
+    """How the manager measures and moves one kind of loaded value (torch code lives in ``nodes``).
+
+    Optional: ``stream(value, device) -> bool`` turns on block offloading (``--lowvram``/``--novram``).
+    """
 
     def size_bytes(self, value: Any) -> int: ...
 
@@ -146,6 +149,7 @@ class _Slot:
     size: int
     device: str
     pins: int = 0
+    streamed: bool = False  # block-offloaded: lives in RAM, runs on its device layer by layer
     loaded_at: float = field(default_factory=time.monotonic)
 
 
@@ -243,6 +247,17 @@ _SCOPE: contextvars.ContextVar["_NodeScope | None"] = contextvars.ContextVar("ge
 
 
 @dataclass
+class PromptModels:
+    """The models one prompt used, in first-use order (:meth:`ModelManager.begin_prompt`)."""
+
+    used: dict[Hashable, "ModelHandle"] = field(default_factory=dict)
+
+
+_PROMPT_MODELS: contextvars.ContextVar["PromptModels | None"] = contextvars.ContextVar("genesis_prompt_models",
+                                                                                      default=None)
+
+
+@dataclass
 class _NodeScope:
     node_id: str
     used: dict[Hashable, "ModelHandle"] = field(default_factory=dict)
@@ -285,7 +300,6 @@ class ModelManager:
         self._slots: OrderedDict[Hashable, _Slot] = OrderedDict()  # LRU order: first = least recent
         self._handles: "weakref.WeakValueDictionary[Hashable, ModelHandle]" = weakref.WeakValueDictionary()
         self._lock = threading.RLock()
-        self._prompt_used: dict[Hashable, ModelHandle] | None = None
         self.loads = 0
         self.load_seconds = 0.0  # time spent in loaders (``/metrics``)
         self.hits = 0
@@ -390,23 +404,34 @@ class ModelManager:
         log.warning("out of memory: unloaded %.1f MB of models not needed by the node, retrying", freed / 2**20)
         return freed
 
-    def begin_prompt(self) -> None:
-        """Start recording which models a prompt uses (see :meth:`prompt_models`)."""
-        with self._lock:
-            self._prompt_used = {}
+    def begin_prompt(self) -> "PromptModels":
+        """Start recording which models a prompt uses (see :meth:`prompt_models`).
 
-    def note_prompt_use(self, handles: Iterable["ModelHandle"]) -> None:
+        The record lives in the calling context (a ``contextvars`` value, copied into the asyncio
+        tasks and ``asyncio.to_thread`` calls the prompt's nodes run in), so prompts in flight at
+        once — an image prompt on the GPU and a parked video prompt that resumes later — each
+        keep their own list.  Returns the record, for callers outside that context.
+        """
+        record = PromptModels()
+        _PROMPT_MODELS.set(record)
+        return record
+
+    def note_prompt_use(self, handles: Iterable["ModelHandle"], record: "PromptModels | None" = None) -> None:
         """Count handles as used by the current prompt without loading them: the models behind
         node outputs replayed from the output cache still made this prompt's results."""
+        record = record if record is not None else _PROMPT_MODELS.get()
+        if record is None:
+            return
         with self._lock:
-            if self._prompt_used is not None:
-                for handle in handles:
-                    self._prompt_used.setdefault(handle.key, handle)
+            for handle in handles:
+                record.used.setdefault(handle.key, handle)
 
-    def prompt_models(self, *, with_sha256: bool = True) -> list[dict[str, Any]]:
-        """The models used since :meth:`begin_prompt`: files (with SHA-256 when hashes are known), dtype, device."""
+    def prompt_models(self, *, with_sha256: bool = True, record: "PromptModels | None" = None) -> list[dict[str, Any]]:
+        """The models used since :meth:`begin_prompt` (of this context, or ``record``): files (with
+        SHA-256 when hashes are known), dtype, device."""
+        record = record if record is not None else _PROMPT_MODELS.get()
         with self._lock:
-            used = list((self._prompt_used or {}).values())
+            used = list(record.used.values()) if record is not None else []
         rows = []
         for handle in used:
             row = handle.describe()
@@ -514,8 +539,9 @@ class ModelManager:
         if scope is not None and handle.key not in scope.used:
             scope.used[handle.key] = handle
             slot.pins += 1
-        if self._prompt_used is not None:
-            self._prompt_used.setdefault(handle.key, handle)
+        record = _PROMPT_MODELS.get()
+        if record is not None:
+            record.used.setdefault(handle.key, handle)
 
     def _acquire(self, handle: ModelHandle) -> Any:
         with self._lock:
@@ -550,17 +576,38 @@ class ModelManager:
                 self._note_use(handle, slot)
                 # the model is in memory now: bring the others back under the budget around it
                 self._make_room_locked(device, 0, {handle.key}, soft=True)
+                self._ensure_on_device(handle, slot)
             log.info("loaded %s (%.1f MB on %s)", handle.label, size / 2**20, device)
             return value
 
     def _ensure_on_device(self, handle: ModelHandle, slot: _Slot) -> None:
-        """A model offloaded to RAM goes back to its device (after making room) when used."""
+        """Put a model on its device when it is used: loaders may build on the CPU, and an offloaded model
+        comes back (after making room).  ``--novram`` streams every accelerator model block by block from
+        RAM; ``--lowvram`` does so for a model that does not fit even after freeing everything else."""
         want = handle.wanted_device
-        if _same_device(slot.device, want):
+        if _same_device(slot.device, want) or slot.streamed:
             return
-        self._make_room_locked(want, slot.size, {handle.key})
+        accelerator = not _same_device(want, CPU)
+        if accelerator and self.mode is VramMode.NO and self._stream(handle, slot):
+            return
+        try:
+            self._make_room_locked(want, slot.size, {handle.key})
+        except ModelMemoryError:
+            if not (accelerator and self.mode is VramMode.LOW and self._stream(handle, slot)):
+                raise
+            return
         handle.ops.move(slot.value, want)
         slot.device = handle.ops.device_of(slot.value)
+
+    def _stream(self, handle: ModelHandle, slot: _Slot) -> bool:
+        """Block offloading (weights stay in RAM, each block visits the device when it runs)."""
+        stream = getattr(handle.ops, "stream", None)
+        if not callable(stream) or not stream(slot.value, handle.wanted_device):
+            return False
+        slot.streamed = True
+        slot.device = CPU
+        log.info("%s runs block by block from RAM on %s", handle.label, handle.wanted_device)
+        return True
 
     def _offload_locked(self, handle: ModelHandle, device: str) -> bool:
         slot = self._slots.get(handle.key)

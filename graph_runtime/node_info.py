@@ -6,10 +6,11 @@ The output matches ComfyUI's V1 NodeDef shape, which the official frontend valid
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from graph_runtime.paths import FolderPaths
-from graph_runtime.schema import InputSpec, NodeDefinition
+from graph_runtime.schema import AUTOGROW, DYNAMIC_COMBO, AutogrowTemplate, InputSpec, NodeDefinition
 
 _OPTION_FIELDS = (("default", "default"), ("min", "min"), ("max", "max"), ("step", "step"), ("round", "round"),
                   ("tooltip", "tooltip"), ("display", "display"))
@@ -35,12 +36,29 @@ def input_entry(spec: InputSpec, paths: FolderPaths | None) -> list:
     if spec.image_upload:
         opts["image_upload"] = True
     opts.update(spec.extra)
+    if spec.type == DYNAMIC_COMBO:
+        opts.pop("default", None)
+        opts["options"] = [{"key": o.key, "inputs": input_dict(o.inputs, paths)} for o in spec.dynamic or ()]
+        return [spec.type, opts]
+    if spec.type == AUTOGROW and isinstance(spec.dynamic, AutogrowTemplate):
+        t = spec.dynamic
+        template = t.input if not t.input.is_widget else replace(t.input, force_input=True)
+        opts["template"] = {"input": input_dict((template,), paths), "prefix": t.prefix, "min": t.min, "max": t.max}
+        return [spec.type, opts]
     if spec.type == "COMBO":
         options = spec.combo_options(paths)
         if spec.default is None and "default" in opts:
             del opts["default"]
         return [options, opts] if opts else [options]
     return [spec.type, opts] if opts else [spec.type]
+
+
+def input_dict(specs: Any, paths: FolderPaths | None) -> dict[str, dict[str, list]]:
+    """V1 ``{"required": {...}, "optional": {...}}`` for a group of inputs (a dynamic option's, a template)."""
+    out: dict[str, dict[str, list]] = {"required": {}}  # always present, as ComfyUI writes it
+    for spec in specs:
+        out.setdefault("optional" if spec.optional else "required", {})[spec.name] = input_entry(spec, paths)
+    return out
 
 
 def node_info(definition: NodeDefinition, paths: FolderPaths | None = None) -> dict[str, Any]:

@@ -109,13 +109,16 @@ def _relative(path: str, paths: Any) -> str:
     return p.name
 
 
-def models_used(models: Any, paths: Any) -> list[dict[str, Any]]:
-    """The prompt's models with dtype, device and file SHA-256s (see the module docstring)."""
+def models_used(models: Any, paths: Any, used: Any = None) -> list[dict[str, Any]]:
+    """The prompt's models with dtype, device and file SHA-256s (see the module docstring).
+
+    ``used``: the prompt's :class:`~graph_runtime.model_manager.PromptModels` (default: the one
+    of the calling context)."""
     prompt_models = getattr(models, "prompt_models", None)
     if not callable(prompt_models):
         return []
     rows = []
-    for row in prompt_models(with_sha256=True):
+    for row in prompt_models(with_sha256=True, **({"record": used} if used is not None else {})):
         digests = row.get("sha256") or {}
         files = [{"file": _relative(f, paths), "sha256": digests.get(f)} for f in row.get("files") or []]
         rows.append({"label": row.get("label"), "dtype": row.get("dtype"), "device": row.get("device"),
@@ -123,13 +126,14 @@ def models_used(models: Any, paths: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def record(models: Any, options: Any, paths: Any) -> dict[str, Any]:
-    """The whole record for the prompt running now (blocking: may hash model files)."""
+def record(models: Any, options: Any, paths: Any, used: Any = None) -> dict[str, Any]:
+    """The whole record for the prompt running now, or the one ``used`` belongs to (blocking: may
+    hash model files)."""
     found = versions()
     result: dict[str, Any] = {"genesis": found["genesis"], "torch": found["torch"],
                               "diffusers": found["diffusers"], "transformers": found["transformers"],
                               "python": found["python"], "device": device(options), "attention": attention()}
     result["options"] = {k: getattr(options, k) for k in ("device", "dtype", "fp8_weights")
                          if hasattr(options, k)}
-    result["models"] = models_used(models, paths)
+    result["models"] = models_used(models, paths, used)
     return result

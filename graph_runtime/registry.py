@@ -61,13 +61,16 @@ class NodeRegistry:
         return definition
 
     def register_module(self, module: ModuleType, python_module: str | None = None) -> list[str]:
-        """Register every :class:`Node` subclass defined in ``module`` and its ComfyUI V1 mappings."""
+        """Register every :class:`Node` subclass defined in ``module`` and its ComfyUI V1 mappings.
+
+        A shared base class sets ``ABSTRACT = True`` in its own body to stay out; its subclasses
+        are registered (the marker is not inherited).
+        """
         python_module = python_module or module.__name__
         added: list[str] = []
         for _, obj in inspect.getmembers(module, inspect.isclass):
             if issubclass(obj, Node) and obj is not Node and obj.__module__ == module.__name__ \
-                    and not inspect.isabstract(obj) and not getattr(obj, "ABSTRACT", False) \
-                    and "ABSTRACT" not in obj.__dict__:
+                    and not inspect.isabstract(obj) and not obj.__dict__.get("ABSTRACT", False):
                 added.append(self.register(obj, python_module).class_type)
         mappings = getattr(module, "NODE_CLASS_MAPPINGS", None) or {}
         display = getattr(module, "NODE_DISPLAY_NAME_MAPPINGS", None) or {}

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import enum
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -31,6 +31,10 @@ MAX_RESOLUTION = 16384
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
 
 PRIMITIVE_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
+DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3"
+"""ComfyUI V3 combo whose chosen option brings its own inputs (API keys ``NAME`` and ``NAME.CHILD``)."""
+AUTOGROW = "COMFY_AUTOGROW_V3"
+"""ComfyUI V3 input that grows one slot at a time from a template (API keys ``NAME.PREFIX0``, ``NAME.PREFIX1`` …)."""
 
 
 class CachePolicy(str, enum.Enum):
@@ -110,10 +114,32 @@ class InputSpec:
     display: str | None = None
     dynamic_prompts: bool | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    dynamic: "tuple[DynamicOption, ...] | AutogrowTemplate | None" = None
 
     @property
     def is_widget(self) -> bool:
-        return self.type in PRIMITIVE_TYPES and not self.force_input
+        return (self.type in PRIMITIVE_TYPES or self.type == DYNAMIC_COMBO) and not self.force_input
+
+    def children(self, selected: str | None = None) -> tuple["InputSpec", ...]:
+        """The flat inputs a dynamic input stands for, named as the API sends them (``NAME.CHILD``).
+
+        A dynamic combo gives the inputs of option ``selected`` (all options' when None); an
+        autogrow input gives one optional copy of its template per slot, the first ``min`` required.
+        """
+        if isinstance(self.dynamic, AutogrowTemplate):
+            t = self.dynamic
+            return tuple(replace(t.input, name=f"{self.name}.{n}", optional=self.optional or i >= t.min,
+                                 force_input=t.input.is_widget or t.input.force_input)
+                         for i, n in enumerate(t.names))
+        if self.dynamic:
+            out: dict[str, InputSpec] = {}
+            for option in self.dynamic:
+                if selected is None or option.key == selected:
+                    for child in option.inputs:
+                        out.setdefault(child.name, replace(child, name=f"{self.name}.{child.name}"))
+            return tuple(out.values())
+        return ()
+
 
     def combo_options(self, paths: Any = None) -> list[str]:
         """The allowed values of a COMBO; ``paths`` (FolderPaths) resolves :class:`FileList` options."""
@@ -122,6 +148,27 @@ class InputSpec:
         opts = self.options() if callable(self.options) else self.options
         return list(opts or [])
 
+
+@dataclass(frozen=True)
+class DynamicOption:
+    """One choice of a dynamic combo and the inputs it shows."""
+
+    key: str
+    inputs: tuple[InputSpec, ...] = ()
+
+
+@dataclass(frozen=True)
+class AutogrowTemplate:
+    """Slots ``PREFIX0 … PREFIX{max-1}`` made from one input; the first ``min`` are required."""
+
+    input: InputSpec
+    prefix: str
+    min: int = 1
+    max: int = 10
+
+    @property
+    def names(self) -> list[str]:
+        return [f"{self.prefix}{i}" for i in range(self.max)]
 
 @dataclass(frozen=True)
 class HiddenSpec:
@@ -184,6 +231,29 @@ def Combo(name: str, options: Sequence[str] | Callable[[], Sequence[str]] | File
     return InputSpec(name, "COMBO", default=default, options=options, tooltip=tooltip, optional=optional,
                      lazy=lazy, image_upload=image_upload, control_after_generate=control_after_generate,
                      extra=extra)
+
+
+def DynamicCombo(name: str, options: Sequence[DynamicOption], *, tooltip: str | None = None, optional: bool = False,
+                 **extra: Any) -> InputSpec:
+    """ComfyUI's ``DynamicCombo``: the chosen option's inputs arrive as ``NAME.CHILD`` (see :func:`gather`)."""
+    keys = tuple(o.key for o in options)
+    return InputSpec(name, DYNAMIC_COMBO, default=keys[0], options=keys, tooltip=tooltip, optional=optional,
+                     extra=extra, dynamic=tuple(options))
+
+
+def Autogrow(name: str, template: AutogrowTemplate, *, tooltip: str | None = None, optional: bool = False,
+             **extra: Any) -> InputSpec:
+    """ComfyUI's ``Autogrow``: linked slots ``NAME.PREFIX0``, ``NAME.PREFIX1`` … (see :func:`gather`)."""
+    return InputSpec(name, AUTOGROW, tooltip=tooltip, optional=optional, extra=extra, dynamic=template)
+
+
+def gather(name: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """The values of dynamic input ``name`` from a node's flat inputs, as ComfyUI passes them nested:
+    ``{"NAME": chosen key, "CHILD": value …}`` for a dynamic combo, ``{"PREFIX0": value …}`` for autogrow."""
+    out = {name: inputs[name]} if name in inputs else {}
+    dotted = name + "."
+    out.update({k[len(dotted):]: v for k, v in inputs.items() if k.startswith(dotted) and v is not None})
+    return out
 
 
 def Socket(name: str, type: str, *, tooltip: str | None = None, optional: bool = False, lazy: bool = False,
@@ -310,7 +380,7 @@ def define(node_class: type[Node], python_module: str = "nodes") -> NodeDefiniti
     if len(set(names)) != len(names):
         raise TypeError(f"node {class_type}: duplicate input names in {names}")
     for spec in inputs:
-        if spec.type == "COMBO" and spec.options is None:
+        if spec.type in ("COMBO", DYNAMIC_COMBO) and spec.options is None:
             raise TypeError(f"node {class_type}: combo input {spec.name!r} has no options")
     execute = getattr(node_class, "execute", None)
     if execute is None or execute is Node.execute:
@@ -338,5 +408,5 @@ def define(node_class: type[Node], python_module: str = "nodes") -> NodeDefiniti
         has_custom_validation=callable(getattr(node_class, "validate_inputs", None)),
         has_fingerprint=callable(getattr(node_class, "fingerprint", None)),
         uses_unique_id=any(h.kind is HiddenKind.UNIQUE_ID for h in node_class.HIDDEN),
-        input_map={i.name: i for i in inputs},
+        input_map={**{i.name: i for i in inputs}, **{c.name: c for i in inputs for c in i.children()}},
     )

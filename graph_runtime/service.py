@@ -1,5 +1,9 @@
 """The runtime service: validation → durable queue → one executor worker → events.
 
+Prompts that wait on a network-bound node (a video provider) *park* and let the worker claim the
+next prompt; see :mod:`graph_runtime.lanes` for the design.  Each claimed prompt runs on its own
+thread; the GPU gate lets one of them run non-network nodes at a time.
+
 This is the one object the CLI talks to, and the web layer through its async façade
 (:class:`graph_runtime.async_runtime.AsyncRuntime`).  Data flows one way: ``submit``
 validates and enqueues; the worker thread claims jobs from the SQLite store, runs them
@@ -8,10 +12,12 @@ to the registered listeners together with the client id of the prompt it belongs
 every finished job to the completion listeners as a :class:`JobOutcome`.
 
 Thread model: ``submit`` and the control methods may be called from any thread (the façade
-calls them from its thread pools); the worker thread is the only one that executes.
+calls them from its thread pools); the worker thread claims, and each claimed prompt executes
+on a thread of its own (one at a time on the GPU gate).
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -25,7 +31,9 @@ from graph_runtime.events import Event, Executing, ExecutionCached, QueueStatus
 from graph_runtime.executor import ExecutionReport, Executor, InterruptToken
 from graph_runtime.file_hashes import FileHashes
 from graph_runtime.jobs import DuplicateJobError, Job, JobStatus, JobStore
-from graph_runtime.model_manager import manager_for, model_handles_in
+from graph_runtime.jobs.remote import RemoteJobStore
+from graph_runtime.lanes import Lanes
+from graph_runtime.model_manager import PromptModels, manager_for, model_handles_in
 from graph_runtime.node_info import node_info, object_info
 from graph_runtime.paths import FolderPaths
 from graph_runtime.registry import NodeRegistry, build_registry
@@ -101,13 +109,16 @@ class Runtime:
         # The record of every job names the model files it used with their SHA-256 (hashed once
         # per file version, remembered across restarts).
         self.models = manager_for(self.options, hashes=FileHashes(paths.user_dir / "model_hashes.json"))
-        self.executor = Executor(self.registry, paths, models=self.models, options=self.options)
+        self.remote_jobs = RemoteJobStore(self.store.db_path)  # same file, own table and connection
+        self.lanes = Lanes(self.remote_jobs, network_concurrency=self.options.network_concurrency)
+        self.executor = Executor(self.registry, paths, models=self.models, options=self.options, lanes=self.lanes)
         self._listeners: list[Listener] = []
         self._completion_listeners: list[CompletionListener] = []
         self._worker: threading.Thread | None = None
         self._stopping = threading.Event()
         self._running_lock = threading.Lock()
-        self._running: RunningJob | None = None
+        self._running: dict[str, RunningJob] = {}  # claimed prompts: the one on the GPU and the parked ones
+        self._threads: dict[str, threading.Thread] = {}
         self._pending_free: dict[str, bool] = {}
         self._holds: list[threading.Event] = []
         self.queue_remaining = 0
@@ -204,13 +215,15 @@ class Runtime:
 
     # -- control -------------------------------------------------------------------------------
     def interrupt(self, prompt_id: str | None = None, *, owner: str | None = None) -> bool:
-        """Interrupt the running prompt (only if it is ``prompt_id``, when given, and
-        ``owner``'s, when given)."""
+        """Interrupt a running prompt: ``prompt_id``, or (when None) the one running nodes on the GPU
+        now, else the oldest one parked on the network lane — ``owner``'s only, when given."""
         with self._running_lock:
-            running = self._running
+            if prompt_id is None:
+                mine = [pid for pid, job in self._running.items() if owner is None or job.owner == owner]
+                holder = self.lanes.gate.holder
+                prompt_id = holder if holder in mine else next(iter(mine), None)
+            running = self._running.get(prompt_id) if prompt_id is not None else None
             if running is None:
-                return False
-            if prompt_id is not None and prompt_id != running.prompt_id:
                 return False
             if owner is not None and running.owner != owner:
                 return False
@@ -218,8 +231,14 @@ class Runtime:
             return True
 
     def running_prompt_id(self) -> str | None:
+        """The prompt on the GPU now, else the oldest parked one (None when nothing runs)."""
         with self._running_lock:
-            return self._running.prompt_id if self._running else None
+            return self.lanes.gate.holder or next(iter(self._running), None)
+
+    def running_prompt_ids(self) -> list[str]:
+        """Every claimed prompt: the one on the GPU and those parked on the network lane."""
+        with self._running_lock:
+            return list(self._running)
 
     def cancel(self, prompt_ids: list[str], *, owner: str | None = None) -> dict[str, list[str]]:
         """Cancel pending jobs (kept in history as cancelled) and interrupt running ones."""
@@ -236,9 +255,9 @@ class Runtime:
     def delete_pending(self, prompt_ids: list[str], *, owner: str | None = None) -> list[str]:
         """Remove pending jobs; a listed id that is running is interrupted instead (ComfyUI)."""
         removed = self.store.delete_pending(prompt_ids, owner=owner)
-        running = self.running_prompt_id()
-        if running in prompt_ids and running not in removed:
-            self.interrupt(running, owner=owner)
+        for pid in prompt_ids:
+            if pid not in removed and pid in self.running_prompt_ids():
+                self.interrupt(pid, owner=owner)
         self._emit_status()
         for pid in removed:
             self._completed(JobOutcome(pid, None, owner))
@@ -255,7 +274,7 @@ class Runtime:
     def free(self, *, unload_models: bool = False, free_memory: bool = False) -> None:
         """Drop caches/models now if idle, else right after the running prompt (``POST /free``)."""
         with self._running_lock:
-            busy = self._running is not None
+            busy = bool(self._running)
             if busy:
                 self._pending_free = {"unload_models": unload_models or self._pending_free.get("unload_models", False),
                                       "free_memory": free_memory or self._pending_free.get("free_memory", False)}
@@ -294,58 +313,96 @@ class Runtime:
         if report.requeued or report.failed:
             log.warning("after restart: requeued %s, failed %s", report.requeued, report.failed)
         self.queue_remaining = self.store.queue_remaining()
+        live = [job.prompt_id for job in self.store.pending()]  # requeued prompts keep their remote jobs
+        dropped = self.remote_jobs.prune(live)
+        if dropped:
+            log.info("dropped %d remote job records of prompts that are gone", dropped)
         self._stopping.clear()
         self._worker = threading.Thread(target=self._work, name="genesis-worker", daemon=True)
         self._worker.start()
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Stop claiming, interrupt the prompt on the GPU, and detach the parked ones: their remote
+        jobs keep running at the provider and resume at the next start (they stay "running")."""
         self._stopping.set()
         with self._running_lock:
-            if self._running is not None:
-                self._running.token.set()
+            holder = self.lanes.gate.holder
+            if holder in self._running:
+                self._running[holder].token.set()
         if self._worker is not None:
             self._worker.join(timeout)
+        self.lanes.close()
+        for thread in list(self._threads.values()):
+            thread.join(timeout)
         self.executor.close()
+        self.remote_jobs.close()
         self.store.close()
 
     def _work(self) -> None:
+        """Claim a prompt whenever the GPU gate is free (and no hold is on) and run it on a thread
+        of its own."""
         while not self._stopping.is_set():
             held = next((gate for gate in self._holds if not gate.is_set()), None)
             if held is not None:
                 held.wait(0.25)
                 continue
+            if not self.lanes.gate.wait_free(0.25):
+                continue
             job = self.store.claim_next(timeout=0.25)
             if job is None:
                 continue
-            try:
-                self.run_job(job)
-            except Exception:  # the worker must survive anything
-                log.exception("worker failed on %s", job.prompt_id)
+            # Hand the gate to the new prompt before anything else can be claimed.
+            if not self.lanes.gate.acquire(job.prompt_id, interrupted=self._stopping.is_set):
+                break  # stopping: the job stays running and is recovered at the next start
+            thread = threading.Thread(target=self._run_claimed, args=(job,), daemon=True,
+                                      name=f"genesis-prompt-{job.prompt_id[:8]}")
+            with self._running_lock:
+                self._threads[job.prompt_id] = thread
+            thread.start()
 
-    def run_job(self, job: Job) -> ExecutionReport:
-        """Execute a claimed job, store its history and announce the end."""
+    def _run_claimed(self, job: Job) -> None:
+        try:
+            self.run_job(job)
+        except Exception:  # a prompt thread must not die silently
+            log.exception("worker failed on %s", job.prompt_id)
+        finally:
+            self.lanes.gate.release(job.prompt_id)
+            self.executor.close()  # this thread's event loop
+            with self._running_lock:
+                self._threads.pop(job.prompt_id, None)
+
+    def run_job(self, job: Job) -> ExecutionReport | None:
+        """Execute a claimed job, store its history and announce the end (None: detached at shutdown)."""
         token = InterruptToken()
+        # The record lists the models this prompt uses (its own list: other prompts may be in flight).
+        used = self.models.begin_prompt()
         with self._running_lock:
-            self._running = RunningJob(job.prompt_id, token, job.owner)
+            self._running[job.prompt_id] = RunningJob(job.prompt_id, token, job.owner)
         client_id = job.client_id
         self._emit_status()
-        self.models.begin_prompt()  # the record lists the models this prompt uses
         try:
             def sink(event: Event) -> None:
                 if isinstance(event, ExecutionCached) and event.nodes:
-                    self._note_cached_models(job.prompt, event.nodes)
+                    self._note_cached_models(job.prompt, event.nodes, used)
                 self._emit(event, client_id)
 
             report = self.executor.execute(job.prompt_id, job.prompt, job.outputs_to_execute,
                                            extra_data=job.extra_data, interrupt=token, sink=sink)
+        except asyncio.CancelledError:  # the network lane stopped under a parked prompt: detach it
+            log.info("prompt %s left running; its remote jobs resume at the next start", job.prompt_id)
+            with self._running_lock:
+                self._running.pop(job.prompt_id, None)
+            return None
         except Exception as exc:  # executor bugs still end the job cleanly
             log.exception("executor crashed on %s", job.prompt_id)
             report = ExecutionReport(job.prompt_id, "error", error={"exception_message": str(exc),
                                                                       "exception_type": type(exc).__name__})
         finally:
             with self._running_lock:
-                self._running = None
-                pending_free, self._pending_free = self._pending_free, {}
+                self._running.pop(job.prompt_id, None)
+                pending_free = {} if self._running else self._pending_free
+                if not self._running:
+                    self._pending_free = {}
         meta = {nid: {"node_id": nid, "display_node": nid, "parent_node": None, "real_node_id": nid}
                 for nid in report.outputs}
         timings = {nid: {"class_type": r.class_type, "seconds": round(r.seconds, 6), **r.memory, **r.info}
@@ -355,7 +412,7 @@ class Runtime:
             meta[nid]["execution"] = info
         status = _STATUS_BY_REPORT[report.status]
         self.store.finish(job.prompt_id, status, outputs=report.outputs,
-                          messages=report.messages, meta=meta, error=report.error, notes=self._record_notes())
+                          messages=report.messages, meta=meta, error=report.error, notes=self._record_notes(used))
         self.last_report = report
         # freed activations go back to the OS now instead of slowing every allocation (MALLOC_MMAP_THRESHOLD_)
         self.models.memory.trim_host()
@@ -366,9 +423,10 @@ class Runtime:
         self._emit(Executing(job.prompt_id, None), client_id)
         if pending_free:
             self._free_now(pending_free.get("unload_models", False), pending_free.get("free_memory", False))
+        self.lanes.forget(job.prompt_id)  # the next prompt may start once this one is fully announced
         return report
 
-    def _note_cached_models(self, prompt: dict[str, Any], nodes: list[str]) -> None:
+    def _note_cached_models(self, prompt: dict[str, Any], nodes: list[str], used: PromptModels) -> None:
         """Nodes replayed from the output cache load no model, yet their models made the result:
         count the handles in their cached outputs as used, for the reproducibility record."""
         try:
@@ -378,16 +436,16 @@ class Runtime:
                 entry = self.executor.cache.get(signatures.get(node_id, ""))
                 if entry is not None:
                     handles += model_handles_in(entry.outputs)
-            self.models.note_prompt_use(handles)
+            self.models.note_prompt_use(handles, used)
         except Exception:  # the record is a courtesy: never fail the prompt over it
             log.exception("could not list the models of cached nodes")
 
-    def _record_notes(self) -> dict[str, Any]:
-        """``{"record": ...}``: the reproducibility record of the job that just ran (worker thread)."""
+    def _record_notes(self, used: PromptModels) -> dict[str, Any]:
+        """``{"record": ...}``: the reproducibility record of the job that just ran (its thread)."""
         from graph_runtime import provenance
 
         try:
-            return {"record": provenance.record(self.models, self.options, self.paths)}
+            return {"record": provenance.record(self.models, self.options, self.paths, used)}
         except Exception:  # a record that cannot be made must not lose the job's results
             log.exception("could not make the reproducibility record")
             return {}

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import inspect
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable
 
+from graph_runtime.context import NodeError
 from graph_runtime.node_info import input_entry
 from graph_runtime.paths import FolderPaths
 from graph_runtime.registry import NodeRegistry
-from graph_runtime.schema import InputSpec, NodeDefinition
+from graph_runtime.schema import AUTOGROW, DYNAMIC_COMBO, InputSpec, NodeDefinition
 
 
 @dataclass
@@ -243,7 +244,9 @@ class PromptValidator:
         custom_params = _custom_params(custom)
         literals: dict[str, Any] = {}
         received_types: dict[str, str] = {}
-        for spec in definition.inputs:
+        active = _active_specs(definition, inputs)
+        declared = set(definition.input_map) | {spec.name for spec in active}
+        for spec in active:
             cfg = input_entry(spec, None) if spec.type != "COMBO" else None
             if spec.name not in inputs:
                 if not spec.optional:
@@ -268,7 +271,7 @@ class PromptValidator:
         for name, value in inputs.items():
             # Undeclared inputs (ComfyUI's variadic ``**kwargs`` nodes) are passed on as they are,
             # so a link among them must be checked like any other: the executor follows it.
-            if name not in definition.input_map and isinstance(value, list):
+            if name not in declared and isinstance(value, list):
                 err = self._check_link(InputSpec(name, "*", optional=True), value, prompt, received_types,
                                        custom_params, None)
                 if err:
@@ -353,15 +356,19 @@ class PromptValidator:
             kwargs["paths"] = self.paths
         if params is not None and "options" in params:
             kwargs["options"] = self.options
+        name: str | None = None
         try:
             result = custom(**kwargs)
+        except NodeError as exc:  # a node's own error names the input at fault (or none: a setting)
+            result, name = str(exc), exc.input_name or ""
         except Exception as exc:  # a node's own validation must not crash the server
             result = f"{type(exc).__name__}: {exc}"
         if result is True:
             return []
         message = result if isinstance(result, str) else "invalid inputs"
-        names = [k for k in kwargs if k not in ("input_types", "paths", "options")] or [""]
-        name = names[0]
+        if name is None:
+            names = [k for k in kwargs if k not in ("input_types", "paths", "options")] or [""]
+            name = names[0]
         return [PromptError("custom_validation_failed", "Custom validation failed for node",
                             f"{name} - {message}" if name else message, {"input_name": name})]
 
@@ -386,6 +393,23 @@ def _node_shape_error(node_id: str, node: Any) -> tuple[str, str] | None:
         return ("Cannot execute because a node's inputs are not an object.",
                 f"{where}: inputs is {type(inputs).__name__}; expected {{input_name: value or [node_id, slot]}}")
     return None
+
+
+def _active_specs(definition: NodeDefinition, inputs: dict[str, Any]) -> list[InputSpec]:
+    """The inputs to check for this prompt node: dynamic combos as combos of their keys followed by the
+    chosen option's inputs (``NAME.CHILD``), autogrow inputs as their slots."""
+    specs: list[InputSpec] = []
+    for spec in definition.inputs:
+        if spec.type == DYNAMIC_COMBO:
+            specs.append(replace(spec, type="COMBO", dynamic=None))
+            chosen = inputs.get(spec.name, spec.default)
+            if spec.name in inputs or not spec.optional:
+                specs.extend(spec.children(chosen if isinstance(chosen, str) else None))
+        elif spec.type == AUTOGROW:
+            specs.extend(spec.children())
+        else:
+            specs.append(spec)
+    return specs
 
 
 def _custom_params(fn: Any) -> set[str] | None:

@@ -16,6 +16,9 @@ PACKS = (
     "nodes.text.strings",
     "nodes.text.display",
     "nodes.language.nodes",
+    "nodes.language.text_generate",
     "nodes.vision_language.nodes",
     "nodes.vision_language.compat",
+    "nodes.video.nodes",
+    "nodes.video_api.nodes",
 )

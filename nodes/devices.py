@@ -168,11 +168,30 @@ class TorchModuleOps:
                 m.to(target, non_blocking=target.type == "cuda")
             except (TypeError, ValueError, RuntimeError) as exc:  # some quantized layouts cannot move
                 log.warning("could not move %s to %s: %s", type(m).__name__, device, exc)
+                continue
+            if target.type == "cpu" and torch.cuda.is_available():
+                pin(m)  # offloaded to RAM: page-locked, so the way back is a non-blocking copy
         if target.type == "cuda":
             torch.cuda.synchronize(target)
 
+    def stream(self, value: Any, device: str) -> bool:
+        """Block offloading onto ``device`` for every module of ``value`` (False where unsupported)."""
+        target = torch.device(device)
+        modules = torch_modules(value)
+        return bool(modules) and all(enable_block_offload(m, target) for m in modules)
+
 
 TORCH_OPS = TorchModuleOps()
+
+
+def pin(module: torch.nn.Module) -> None:
+    """Page-lock a CPU module's weights (CUDA only; a failure just leaves them pageable)."""
+    try:
+        for p in module.parameters():
+            if p.device.type == "cpu" and type(p.data) is torch.Tensor and not p.data.is_pinned():
+                p.data = p.data.pin_memory()
+    except RuntimeError:  # pragma: no cover - no CUDA driver, or no page-locked memory left
+        log.debug("could not pin %s", type(module).__name__, exc_info=True)
 
 
 def enable_block_offload(module: torch.nn.Module, device: torch.device) -> bool:

@@ -74,11 +74,13 @@ _LAST_COUNTER: dict[tuple[str, str], int] = {}
 
 
 def next_save_path(output_dir: Path, prefix: str, width: int, height: int, *,
-                   unique_prefix: bool = False) -> tuple[Path, str, int]:
+                   unique_prefix: bool = False, extension: str = "png") -> tuple[Path, str, int]:
     """(folder, base filename, first counter) for ``prefix`` as ComfyUI's get_save_image_path does.
 
     ``unique_prefix`` (previews, whose prefix is random): take the first free counter by checking
     names one by one instead of listing a temp folder that grows with every preview.
+    ``extension``: of the files written (SaveVideo writes ``.mp4``); call :func:`remember_counter`
+    after writing so the next save does not list the folder.
     """
     t = time.localtime()
     for key, value in {"%width%": width, "%height%": height, "%year%": t.tm_year, "%month%": f"{t.tm_mon:02}",
@@ -93,12 +95,12 @@ def next_save_path(output_dir: Path, prefix: str, width: int, height: int, *,
     folder.mkdir(parents=True, exist_ok=True)
     if unique_prefix:
         counter = 0
-        while (folder / f"{base}_{counter + 1:05}_.png").exists():
+        while (folder / f"{base}_{counter + 1:05}_.{extension}").exists():
             counter += 1
         return folder, base, counter + 1
     key = (str(folder), base)
     counter = _LAST_COUNTER.get(key)
-    if counter is None or (folder / f"{base}_{counter + 1:05}_.png").exists():
+    if counter is None or (folder / f"{base}_{counter + 1:05}_.{extension}").exists():
         # first save under this prefix (or another writer got ahead): scan the folder once
         pattern = re.compile(rf"^{re.escape(base)}_(\d+)_?")
         counter = 0
@@ -107,6 +109,11 @@ def next_save_path(output_dir: Path, prefix: str, width: int, height: int, *,
             if m:
                 counter = max(counter, int(m.group(1)))
     return folder, base, counter + 1
+
+
+def remember_counter(folder: Path, base: str, counter: int) -> None:
+    """Record the last counter written under (folder, base) by :func:`next_save_path`'s callers."""
+    _LAST_COUNTER[(str(folder), base)] = counter
 
 
 def save_images(ctx: NodeContext, images: Any, prefix: str, kind: str, prompt: dict | None,
@@ -127,7 +134,7 @@ def save_images(ctx: NodeContext, images: Any, prefix: str, kind: str, prompt: d
         tensor_to_pil(image).save(folder / name, pnginfo=metadata, compress_level=compress_level)
         results.append({"filename": name, "subfolder": subfolder, "type": kind})
         if not unique:
-            _LAST_COUNTER[(str(folder), base)] = counter
+            remember_counter(folder, base, counter)
         counter += 1
     return results
 

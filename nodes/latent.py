@@ -97,6 +97,59 @@ class LatentUpscaleBy(Node):
         return (out,)
 
 
+class LatentFromBatch(Node):
+    """Take ``length`` latents out of a batch, from ``batch_index``.  The LATENT remembers which batch
+    rows they were (``batch_index``), so sampling gives each the noise it had in the whole batch."""
+
+    CATEGORY = "latent/batch"
+    DISPLAY_NAME = "Latent From Batch"
+    INPUTS = (
+        Socket("samples", "LATENT"),
+        Int("batch_index", 0, min=0, max=63),
+        Int("length", 1, min=1, max=64),
+    )
+    OUTPUTS = (Output("LATENT"),)
+
+    def execute(self, ctx: NodeContext, samples: dict, batch_index: int, length: int):
+        x = samples["samples"]
+        start = min(x.shape[0] - 1, batch_index)
+        length = min(x.shape[0] - start, length)
+        out = dict(samples)
+        out["samples"] = x[start:start + length].clone()
+        if samples.get("noise_mask") is not None:
+            masks = samples["noise_mask"]
+            if masks.shape[0] == 1:
+                out["noise_mask"] = masks.clone()
+            else:
+                masks = _repeat_to_batch(masks, x.shape[0])
+                out["noise_mask"] = masks[start:start + length].clone()
+        rows = samples.get("batch_index")
+        out["batch_index"] = list(range(start, start + length)) if rows is None else list(rows[start:start + length])
+        return (out,)
+
+
+class RepeatLatentBatch(Node):
+    """Repeat a latent batch ``amount`` times; remembered batch rows continue after the originals."""
+
+    CATEGORY = "latent/batch"
+    DISPLAY_NAME = "Repeat Latent Batch"
+    INPUTS = (Socket("samples", "LATENT"), Int("amount", 1, min=1, max=64))
+    OUTPUTS = (Output("LATENT"),)
+
+    def execute(self, ctx: NodeContext, samples: dict, amount: int):
+        x = samples["samples"]
+        out = dict(samples)
+        out["samples"] = x.repeat((amount, 1, 1, 1))
+        masks = samples.get("noise_mask")
+        if masks is not None and masks.shape[0] > 1:
+            out["noise_mask"] = masks.repeat((amount, 1, 1, 1))  # as ComfyUI: the masks as given, repeated
+        rows = samples.get("batch_index")
+        if rows is not None:
+            offset = max(rows) - min(rows) + 1
+            out["batch_index"] = list(rows) + [r + i * offset for i in range(1, amount) for r in rows]
+        return (out,)
+
+
 class LatentComposite(Node):
     """Paste one latent into another at (x, y) pixels (÷8), optionally feathering the edges."""
 
@@ -200,6 +253,13 @@ class VAEDecode(Node):
         image = vae_ops.decode(vae, latent)
         _record_vae(ctx, vae)
         return (image,)
+
+
+def _repeat_to_batch(x: torch.Tensor, n: int) -> torch.Tensor:
+    """Rows repeated (or cut) to a batch of ``n``."""
+    if x.shape[0] < n:
+        x = x.repeat(-(-n // x.shape[0]), *([1] * (x.ndim - 1)))
+    return x[:n]
 
 
 def _record_vae(ctx: NodeContext, vae: VaeModel) -> None:

@@ -22,7 +22,9 @@ log = logging.getLogger(__name__)
 
 WEIGHT_DTYPES = ("default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2")
 CLIP_TYPES = ("stable_diffusion", "stable_cascade", "sd3", "stable_audio", "mochi", "ltxv", "pixart", "cosmos",
-              "lumina2", "wan", "hidream", "chroma", "ace", "omnigen2", "qwen_image", "hunyuan_image")
+              "lumina2", "wan", "hidream", "chroma", "ace", "omnigen2", "qwen_image", "hunyuan_image", "flux2", "ovis",
+              "longcat_image", "cogvideox", "lens", "pixeldit", "ideogram4", "boogu", "krea2", "joyimage", "mage",
+              "minimax", "yue2")
 DUAL_CLIP_TYPES = ("sdxl", "sd3", "flux", "hunyuan_video", "hidream", "hunyuan_image")
 DEVICE_OPTION = Combo("device", ("default", "cpu"), "default", optional=True, advanced=True)
 
@@ -103,7 +105,9 @@ class CheckpointLoaderSimple(Node):
 
         path = resolve_file(ctx, "checkpoints", ckpt_name, "ckpt_name")
         place = placement(ctx)
-        bundle = guarded("ckpt_name", lambda: load_checkpoint(ctx.models, path, place, _t5_dirs(ctx)))
+        storage = "fp8_e4m3fn" if ctx.options.fp8_weights else "default"  # --fp8-weights
+        bundle = guarded("ckpt_name", lambda: load_checkpoint(ctx.models, path, place, _t5_dirs(ctx),
+                                                              weight_dtype=storage))
         _record(ctx, path, bundle.model, bundle.model.family)
         return (bundle.model, bundle.clip, bundle.vae)
 
@@ -126,6 +130,8 @@ class UNETLoader(Node):
                             input_name="weight_dtype")
         path = resolve_file(ctx, "diffusion_models", unet_name, "unet_name")
         place = placement(ctx)
+        if weight_dtype == "default" and ctx.options.fp8_weights:  # --fp8-weights
+            weight_dtype = "fp8_e4m3fn"
         model = guarded("unet_name", lambda: load_diffusion_model(ctx.models, path, place, weight_dtype))
         _record(ctx, path, model, model.family)
         if weight_dtype != "default":
@@ -173,7 +179,8 @@ def _load_text_encoders(ctx: NodeContext, names: list[tuple[str, str]], clip_typ
 
 
 class CLIPLoader(Node):
-    """Loads one text encoder file (stable_diffusion: CLIP-L for SD1.5, or CLIP-G for the SDXL refiner)."""
+    """Loads one text encoder file (stable_diffusion: CLIP-L for SD1.5, or CLIP-G for the SDXL refiner), or a
+    Qwen2.5-VL / Qwen3 / Gemma-3 language model in ComfyUI's single-file layout for TextGenerate."""
 
     DISPLAY_NAME = "Load CLIP"
     CATEGORY = "advanced/loaders"
@@ -184,6 +191,11 @@ class CLIPLoader(Node):
     OUTPUTS = (Output("CLIP"),)
 
     def execute(self, ctx: NodeContext, clip_name: str, type: str = "stable_diffusion", device: str = "default"):
+        from nodes.language.text_encoders.clip_loader import load_language_clip
+
+        language = load_language_clip(ctx, resolve_file(ctx, "text_encoders", clip_name, "clip_name"), device)
+        if language is not None:  # Qwen2.5-VL / Qwen3 / Gemma-3 single file: a CLIP for TextGenerate
+            return (language,)
         clip, paths = _load_text_encoders(ctx, [("clip_name", clip_name)], type, device, ("stable_diffusion",))
         _record(ctx, paths[0], clip, clip.family)
         return (clip,)

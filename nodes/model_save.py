@@ -1,4 +1,4 @@
-"""CheckpointSave, ModelSave, CLIPSave, VAESave (ComfyUI names and inputs): models to .safetensors, atomically.
+"""CheckpointSave, ModelSave, CLIPSave, VAESave, LoraSave (+ ModelMergeSubtract): models to .safetensors, atomically.
 
 Files are written in the layouts our loaders (and ComfyUI) read — LDM/SGM for SD1.5/SDXL, ComfyUI's
 all-in-one layout for FLUX — with LoRA patches and merges baked in.  An fp8-stored model is saved
@@ -19,7 +19,8 @@ from typing import Any
 
 from graph_runtime.context import NodeContext, NodeError
 from graph_runtime.paths import PathEscapeError, safe_join
-from graph_runtime.schema import Hidden, HiddenKind, Node, NodeResult, Resource, Socket, String
+from graph_runtime.schema import (Boolean, Combo, Float, Hidden, HiddenKind, Int, Node, NodeResult, Output, Resource,
+                                  Socket, String)
 
 SAVABLE_QUANTIZATION = ("none", "fp8_e4m3fn", "fp8_e5m2")
 CATEGORY = "advanced/model_merging"
@@ -189,3 +190,85 @@ class VAESave(Node):
 
         meta = _metadata(ctx, [vae], prompt, extra_pnginfo)
         return _write(ctx, filename_prefix, S.vae_tensors(vae, None, prefix=""), meta)
+
+
+# --- LoRA extraction -------------------------------------------------------------------------------
+
+class ModelMergeSubtract(Node):
+    """model1 − multiplier × model2, weight by weight (feed LoraSave to extract a LoRA from two models)."""
+
+    CATEGORY = CATEGORY
+    RESOURCE = Resource.CPU
+    INPUTS = (Socket("model1", "MODEL"), Socket("model2", "MODEL"),
+              Float("multiplier", 1.0, min=-10.0, max=10.0, step=0.01))
+    OUTPUTS = (Output("MODEL"),)
+
+    def execute(self, ctx: NodeContext, model1, model2, multiplier: float = 1.0):
+        from dataclasses import replace
+
+        from nodes.devices import TORCH_OPS
+        from nodes.diffusion.lora_extract import subtracted
+
+        for value, name in ((model1, "model1"), (model2, "model2")):
+            _check_savable(value, name)
+            if value.quantization != "none":
+                raise NodeError(f"{name}: subtract full-precision models", input_name=name)
+        if model1.family != model2.family:
+            raise NodeError(f"model2: a {model2.family.value} model cannot be subtracted from a "
+                            f"{model1.family.value} model", input_name="model2")
+        key = ("subtract", _ref_key(model1), _ref_key(model2), float(multiplier))
+        handle = ctx.models.load(key, lambda: subtracted(model1, model2, float(multiplier)), ops=TORCH_OPS,
+                                 device=getattr(model1.weights, "wanted_device", "cpu"),
+                                 sources=list(getattr(model1.weights, "sources", ())) +
+                                 list(getattr(model2.weights, "sources", ())),
+                                 label=f"difference of {Path(model1.source).name} and {Path(model2.source).name}")
+        return (replace(model1, weights=handle, patches=(), merges=()),)
+
+
+def _ref_key(model: Any) -> tuple:
+    key = getattr(model.weights, "key", None) or ("resident", id(model.weights))
+    return (key, tuple((p.name, p.strength) for p in model.patches),
+            tuple((getattr(o.weights, "key", id(o.weights)), r) for o, r in model.merges))
+
+
+class LoraSave(Node):
+    """Extracts a LoRA from a model difference (ModelMergeSubtract) by truncated SVD and saves it (LoraLoader loads it)."""
+
+    DISPLAY_NAME = "Extract and Save Lora"
+    CATEGORY = "_for_testing"
+    OUTPUT_NODE = True
+    INPUTS = (String("filename_prefix", "loras/ComfyUI_extracted_lora"),
+              Int("rank", 8, min=1, max=4096, step=1),
+              Combo("lora_type", ("standard", "full_diff"), "standard"),
+              Boolean("bias_diff", True),
+              Socket("model_diff", "MODEL", optional=True,
+                     tooltip="The ModelMergeSubtract output: the weight difference to turn into a LoRA."),
+              Socket("text_encoder_diff", "CLIP", optional=True,
+                     tooltip="A text-encoder weight difference to turn into a LoRA."))
+    HIDDEN = HIDDEN
+    OUTPUTS = ()
+
+    def execute(self, ctx: NodeContext, filename_prefix: str = "loras/ComfyUI_extracted_lora", rank: int = 8,
+                lora_type: str = "standard", bias_diff: bool = True, model_diff=None, text_encoder_diff=None,
+                prompt=None, extra_pnginfo=None):
+        from nodes.diffusion.lora_extract import extract
+
+        if model_diff is None and text_encoder_diff is None:
+            raise NodeError("model_diff: connect a model difference (ModelMergeSubtract) or a text encoder difference",
+                            input_name="model_diff")
+        tensors: dict = {}
+        if model_diff is not None:
+            with __import__("nodes.diffusion.model_patches", fromlist=["patched_weights"]).patched_weights(
+                    model_diff) as module:
+                tensors.update(extract(module, "diffusion_model.", rank, lora_type == "full_diff",
+                                       check=ctx.check_interrupted))
+        if text_encoder_diff is not None:
+            for i, (kind, encoder) in enumerate(text_encoder_diff.encoders.items()):
+                prefix = "text_encoder." if i == 0 else "text_encoder_2."
+                tensors.update(extract(encoder, prefix, rank, lora_type == "full_diff", check=ctx.check_interrupted))
+        if bias_diff:
+            ctx.record(note="bias differences are not stored: LoRA files here carry weight deltas only")
+        meta = _metadata(ctx, [v for v in (model_diff, text_encoder_diff) if v is not None], prompt, extra_pnginfo,
+                         **{"ss_network_module": "networks.lora", "ss_network_dim": str(rank),
+                            "genesis.lora_type": lora_type})
+        return _write(ctx, filename_prefix, tensors, meta)

@@ -1,18 +1,16 @@
 """Sampling nodes: KSampler, KSamplerAdvanced, the custom-sampling family, model sampling patches.
 
-The loop itself lives in :mod:`nodes.diffusion.sampling`; these nodes only translate ComfyUI's
-inputs into a :class:`~nodes.diffusion.sampling.SamplingRequest`.
+The run itself lives in :mod:`nodes.diffusion.sampling` and follows ComfyUI's semantics: the named
+scheduler's sigmas for the model, ``denoise`` < 1 as the last ``steps`` of an ``int(steps / denoise)``
+step schedule (the widget's ``steps`` is what runs), the initial noise from a CPU generator seeded
+with the seed, ancestral and SDE samplers' step noise seeded from the same seed, and the LATENT's
+noise mask for inpainting.  These nodes only translate their inputs into a
+:class:`~nodes.diffusion.sampling.SamplingRequest`.
 
-**Seed → noise.**  Noise is drawn on the CPU from ``torch.Generator("cpu").manual_seed(seed)`` with
-diffusers' ``randn_tensor`` over the latent's shape, and the same generator feeds the ancestral/SDE
-steps — the diffusers pipelines' recipe, so a seed reproduces the pipeline's image exactly and is
-device-independent.  ComfyUI draws noise differently, so the same seed gives a different image than
-ComfyUI does.  ``denoise`` < 1 follows diffusers' ``strength`` rule (the last ``int(steps·denoise)``
-of ``steps`` timesteps run).
-
-Sampler/scheduler pairs come from the table in :mod:`nodes.diffusion.schedulers`; a pair without a
-diffusers equivalent is refused when the prompt is queued (``validate_inputs``) — or, when it only
-fails for the connected model's kind (e.g. ``euler_ancestral`` on FLUX), when the node starts.
+SIGMAS values are 1-D float tensors (descending, ending with 0 for a full denoise), as in ComfyUI,
+so schedules can be split, edited and handed between nodes.  Every one of ComfyUI's 42 sampler names
+runs with every scheduler on every model family; a name ComfyUI does not have is refused when the
+prompt is queued (``validate_inputs``) with the list of those that run.
 """
 from __future__ import annotations
 
@@ -22,8 +20,7 @@ from typing import TYPE_CHECKING, Any
 from graph_runtime.context import NodeContext, NodeError
 from graph_runtime.schema import (MAX_RESOLUTION, Boolean, CachePolicy, Combo, Float, Int, Node, NodeResult, Output,
                                   Resource, Seed, Socket)
-from nodes.diffusion.schedulers import (SAMPLER_NAMES, SCHEDULER_NAMES, check_combination, check_sampler,
-                                        model_kind)
+from nodes.diffusion.schedulers import SAMPLER_NAMES, SCHEDULER_NAMES, check_combination, check_sampler
 
 if TYPE_CHECKING:  # torch and the sampling loop load on first use: registering nodes stays light
     from nodes.diffusion import sampling as S
@@ -39,13 +36,11 @@ def _run(ctx: NodeContext, req: S.SamplingRequest) -> S.SamplingResult:
     # the loaders' device/dtype rules, so a model samples where and how it was loaded
     device = resolve_device(ctx.options.device)
     dtype = resolve_dtype(ctx.options.dtype, device, req.model.family)
-    kind = model_kind(req.model.prediction_type)
-    if req.custom_sigmas is None:
-        msg = check_combination(req.sampler, req.scheduler or "simple", kind)
-        if msg:
-            raise NodeError(msg, input_name="scheduler" if "scheduler '" in msg else "sampler_name")
+    msg = check_sampler(req.sampler)
+    if msg:
+        raise NodeError(msg, input_name="sampler_name")
     ctx.record(device=str(device), dtype=str(dtype).replace("torch.", ""), sampler=req.sampler,
-               scheduler=req.scheduler or "custom sigmas")
+               scheduler=req.scheduler if req.sigmas is None else "custom sigmas")
     run = S.RunOptions(device=device, dtype=dtype, progress=ctx.progress, check_interrupted=ctx.check_interrupted,
                        previews=getattr(ctx.options, "preview_method", "auto") != "none")
     try:
@@ -63,8 +58,8 @@ def _validate_pair(sampler_name: Any, scheduler: Any) -> bool | str:
 class KSampler(Node):
     """Uses the provided model, positive and negative conditioning to denoise the latent image.
 
-    Seeds: noise comes from ``torch.Generator("cpu").manual_seed(seed)`` and ``randn_tensor`` (the
-    diffusers pipelines' recipe), not ComfyUI's — same seed, same image as the diffusers pipeline.
+    ComfyUI's semantics: ``steps`` steps of the scheduler run (with ``denoise`` < 1, the last
+    ``steps`` of an ``int(steps / denoise)``-step schedule); the noise comes from the seed as in ComfyUI.
     """
 
     CATEGORY = "sampling"
@@ -81,7 +76,7 @@ class KSampler(Node):
         Socket("negative", "CONDITIONING"),
         Socket("latent_image", "LATENT", tooltip="The latent image to denoise."),
         Float("denoise", 1.0, min=0.0, max=1.0, step=0.01,
-              tooltip="Lower values keep more of the input latent (img2img strength)."),
+              tooltip="The amount of denoising applied; lower values keep more of the input latent."),
     )
     OUTPUTS = (Output("LATENT", tooltip="The denoised latent."),)
 
@@ -137,35 +132,26 @@ class KSamplerAdvanced(Node):
 
         req = S.SamplingRequest(model=model, positive=positive, negative=negative, latent=latent_image,
                                 sampler=sampler_name, scheduler=scheduler, steps=steps, cfg=cfg, seed=noise_seed,
-                                add_noise=add_noise == "enable", start_step=start_at_step, end_step=end_at_step,
-                                return_with_leftover_noise=return_with_leftover_noise == "enable")
+                                add_noise=add_noise == "enable", start_step=start_at_step, last_step=end_at_step,
+                                force_full_denoise=return_with_leftover_noise != "enable")
         return (_run(ctx, req).latent,)
 
 
 # --- custom sampling -----------------------------------------------------------------------------
 
-def _sigmas_request(sigmas: Any) -> dict[str, Any]:
-    """SIGMAS → the request fields: a named schedule (exact diffusers schedule) or explicit sigmas."""
+def _as_sigmas(sigmas: Any):
     import torch
 
-    from nodes.diffusion import sampling as S
-
-    if isinstance(sigmas, S.Sigmas) and sigmas.scheduler is not None:
-        return {"scheduler": sigmas.scheduler, "steps": sigmas.steps, "denoise": sigmas.denoise}
-    values = sigmas.values if isinstance(sigmas, S.Sigmas) else torch.as_tensor(sigmas)
-    values = [float(v) for v in values.flatten()]
-    return {"scheduler": None, "custom_sigmas": values, "steps": max(len([v for v in values if v > 0]), 1)}
+    return torch.as_tensor(sigmas, dtype=torch.float32).flatten()
 
 
 def _custom_sample(ctx: NodeContext, *, model: DiffusionModel, positive, negative, cfg: float, sampler: Any,
                    sigmas: Any, latent_image: dict, seed: int, add_noise: bool) -> NodeResult | tuple:
     from nodes.diffusion import sampling as S
 
-    if len(sigmas) <= 1:
-        return (latent_image, latent_image)
     name = sampler.name if isinstance(sampler, S.SamplerChoice) else str(sampler)
     req = S.SamplingRequest(model=model, positive=positive, negative=negative, latent=latent_image, sampler=name,
-                            cfg=cfg, seed=seed, add_noise=add_noise, **_sigmas_request(sigmas))
+                            cfg=cfg, seed=seed, add_noise=add_noise, sigmas=_as_sigmas(sigmas))
     result = _run(ctx, req)
     return (result.latent, result.denoised)
 
@@ -245,7 +231,8 @@ class CFGGuider(Node):
 
 
 class BasicScheduler(Node):
-    """The named noise schedule for a model (diffusers computes it exactly as the samplers will use it)."""
+    """The named noise schedule for a model: ``steps`` sigmas (the last ``steps`` of an
+    ``int(steps / denoise)``-step schedule when ``denoise`` < 1), then 0."""
 
     CATEGORY = "sampling/custom_sampling/schedulers"
     INPUTS = (
@@ -256,26 +243,19 @@ class BasicScheduler(Node):
     )
     OUTPUTS = (Output("SIGMAS"),)
 
-    @classmethod
-    def validate_inputs(cls, scheduler=None):
-        if scheduler is None:
-            return True
-        return check_combination("euler", str(scheduler)) or True
-
     def execute(self, ctx: NodeContext, model: DiffusionModel, scheduler: str, steps: int, denoise: float):
         import torch
 
-        from nodes.diffusion import sampling as S
+        from nodes.diffusion.model_sampling import model_sampling_for
+        from nodes.diffusion.schedulers import calculate_sigmas
 
-        if denoise <= 0.0:
-            return (S.Sigmas(torch.zeros(0), scheduler, steps, denoise),)
-        kind = model_kind(model.prediction_type)
-        # values shown/edited downstream: computed with the euler scheduler of this model kind
-        msg = check_combination("euler", scheduler, kind)
-        if msg:
-            raise NodeError(msg, input_name="scheduler")
-        values = S.schedule_values(model, "euler", scheduler, steps, denoise)
-        return (S.Sigmas(values, scheduler, steps, denoise),)
+        total = steps
+        if denoise < 1.0:
+            if denoise <= 0.0:
+                return (torch.zeros(0),)
+            total = int(steps / denoise)
+        sigmas = calculate_sigmas(model_sampling_for(model), scheduler, total).cpu()
+        return (sigmas[-(steps + 1):],)
 
 
 class KarrasScheduler(Node):
@@ -291,15 +271,69 @@ class KarrasScheduler(Node):
     OUTPUTS = (Output("SIGMAS"),)
 
     def execute(self, ctx: NodeContext, steps: int, sigma_max: float, sigma_min: float, rho: float):
-        import torch
+        from nodes.diffusion.schedulers import karras_sigmas
 
-        from nodes.diffusion import sampling as S
+        return (karras_sigmas(steps, sigma_min, sigma_max, rho),)
 
-        ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
-        lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
-        sig = (hi + ramp * (lo - hi)) ** rho
-        values = torch.cat([sig, sig.new_zeros(1)]).float()
-        return (S.Sigmas(values, None, steps, 1.0),)
+
+class ExponentialScheduler(Node):
+    """Sigmas spaced evenly in log σ between sigma_max and sigma_min, then 0."""
+
+    CATEGORY = "sampling/custom_sampling/schedulers"
+    INPUTS = (
+        Int("steps", 20, min=1, max=10000),
+        Float("sigma_max", 14.614642, min=0.0, max=5000.0, step=0.01, round=False),
+        Float("sigma_min", 0.0291675, min=0.0, max=5000.0, step=0.01, round=False),
+    )
+    OUTPUTS = (Output("SIGMAS"),)
+
+    def execute(self, ctx: NodeContext, steps: int, sigma_max: float, sigma_min: float):
+        from nodes.diffusion.schedulers import exponential_sigmas
+
+        return (exponential_sigmas(steps, sigma_min, sigma_max),)
+
+
+class SplitSigmas(Node):
+    """Split a schedule at a step: the first part runs steps [0, step), the second the rest."""
+
+    CATEGORY = "sampling/custom_sampling/sigmas"
+    INPUTS = (Socket("sigmas", "SIGMAS"), Int("step", 0, min=0, max=10000))
+    OUTPUTS = (Output("SIGMAS", "high_sigmas"), Output("SIGMAS", "low_sigmas"))
+
+    def execute(self, ctx: NodeContext, sigmas, step: int):
+        sigmas = _as_sigmas(sigmas)
+        return (sigmas[:step + 1], sigmas[step:])
+
+
+class SplitSigmasDenoise(Node):
+    """Split a schedule so that the second part holds the last ``denoise`` fraction of its steps."""
+
+    CATEGORY = "sampling/custom_sampling/sigmas"
+    INPUTS = (Socket("sigmas", "SIGMAS"), Float("denoise", 1.0, min=0.0, max=1.0, step=0.01))
+    OUTPUTS = (Output("SIGMAS", "high_sigmas"), Output("SIGMAS", "low_sigmas"))
+
+    def execute(self, ctx: NodeContext, sigmas, denoise: float):
+        sigmas = _as_sigmas(sigmas)
+        steps = max(sigmas.shape[-1] - 1, 0)
+        total = round(steps * denoise)
+        return (sigmas[:-total], sigmas[-(total + 1):])
+
+
+class FlipSigmas(Node):
+    """Reverse a schedule (for unsampling); a leading 0 becomes 0.0001 so the first step is defined."""
+
+    CATEGORY = "sampling/custom_sampling/sigmas"
+    INPUTS = (Socket("sigmas", "SIGMAS"),)
+    OUTPUTS = (Output("SIGMAS"),)
+
+    def execute(self, ctx: NodeContext, sigmas):
+        sigmas = _as_sigmas(sigmas)
+        if len(sigmas) == 0:
+            return (sigmas,)
+        sigmas = sigmas.flip(0)
+        if sigmas[0] == 0:
+            sigmas[0] = 0.0001
+        return (sigmas,)
 
 
 class KSamplerSelect(Node):
@@ -322,7 +356,7 @@ class KSamplerSelect(Node):
 
 
 class RandomNoise(Node):
-    """Noise from a seed (CPU generator, diffusers' randn_tensor)."""
+    """Noise from a seed (ComfyUI's rule: a CPU generator seeded with it, one draw of the latent's shape)."""
 
     CATEGORY = "sampling/custom_sampling/noise"
     CACHE = CachePolicy.SEEDED

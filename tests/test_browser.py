@@ -355,3 +355,40 @@ def test_run_twice_with_randomized_seed_then_new_text(page: Page, server: LiveSe
         f".some(i => i.filename === '{files[-1]}')", timeout=30_000)
     page.assert_clean()
     page.shot("browser_run_twice.png")
+
+
+def test_official_text_generate_template_runs_from_the_canvas(page: Page, server: LiveServer) -> None:
+    """ComfyUI's Qwen3 text-generation template (CLIPLoader → TextGenerate → PreviewAny) opened in the real
+    frontend on the tiny Qwen3 file: the frontend builds the ``sampling_mode`` widgets from our dynamic-combo
+    object_info, Run sends them as ``sampling_mode.*`` and the generated text comes back to PreviewAny."""
+    templates = pytest.importorskip("comfyui_workflow_templates_json")
+    workflow = json.loads((Path(templates.__file__).parent / "templates" / "llm_qwen3_text_gen.json").read_text())
+    for node in workflow["nodes"]:
+        if node["type"] == "CLIPLoader":
+            node["widgets_values"][0] = "tiny-qwen3-te.safetensors"
+        if node["type"] == "TextGenerate":
+            node["widgets_values"][1] = 8  # max_length
+    page.open()
+    page.page.evaluate("(w) => window.app.loadGraphData(w)", workflow)
+    page.page.wait_for_function("() => window.app.graph.nodes.some(n => n.type === 'TextGenerate')")
+    widgets = dict(next(n["widgets"] for n in page.nodes() if n["type"] == "TextGenerate"))
+    assert widgets["sampling_mode"] == "on" and widgets["max_length"] == 8
+    assert widgets["sampling_mode.top_k"] == 64 and widgets["sampling_mode.temperature"] == 0.7
+    # history as the page's user sees it: the runs holding a TextGenerate
+    runs = ("async () => Object.values(await (await fetch('/history')).json())"
+            ".filter(v => Object.values(v.prompt[2]).some(n => n.class_type === 'TextGenerate'))")
+    before = page.page.evaluate(f"async () => (await ({runs})()).length")
+    page.page.get_by_role("button", name="Run", exact=True).first.click()
+    # the generated text arrives on the canvas: PreviewAny shows it in its widget
+    page.page.wait_for_function("() => window.app.graph.nodes.find(n => n.type === 'PreviewAny')?.widgets"
+                                "?.some(w => typeof w.value === 'string' && w.value.length > 0)", timeout=60_000)
+    assert page.page.evaluate(f"async () => (await ({runs})()).length") == before + 1
+    entry = page.page.evaluate(f"async () => (await ({runs})()).pop()")
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    sent = entry["prompt"][2]
+    generate = next(v for v in sent.values() if v["class_type"] == "TextGenerate")["inputs"]
+    assert generate["sampling_mode"] == "on" and generate["sampling_mode.top_k"] == 64
+    preview = next(k for k, v in sent.items() if v["class_type"] == "PreviewAny")
+    assert isinstance(entry["outputs"][preview]["text"][0], str) and entry["outputs"][preview]["text"][0]
+    page.assert_clean()
+    page.shot("browser_text_generate.png")

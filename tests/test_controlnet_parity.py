@@ -4,7 +4,10 @@ Our side: ControlNetLoader (from the tiny files, through the real layout convers
 ControlNetApplyAdvanced / ControlNetApplySD3 → KSampler → VAEDecode.  Their side:
 ``StableDiffusionControlNetPipeline``, ``StableDiffusionXLControlNetPipeline`` and
 ``FluxControlNetPipeline`` with the very module the loader built and an independently configured
-scheduler.  Required bound 1e-4; we assert the tightest that holds, **exact equality**: the hook
+scheduler set up the way ComfyUI samples (see ``test_parity.py``: the start noise ComfyUI uses, 4 steps so
+the "normal"/"simple" timesteps are whole training timesteps in both, and FLUX.1-dev shifted for the image
+size by a ModelSamplingFlux node, which is what FluxPipeline's shift is).  Required bound 1e-4; we
+assert the tightest that holds, **exact equality**: the hook
 calls the ControlNet on the same batched ``[uncond, cond]`` rows with ``conditioning_scale``
 exactly as the pipelines do, so both sides run the same kernels on the same values.
 
@@ -32,6 +35,7 @@ from tests import sampling_fixtures as fx
 
 TOL = 0.0  # bit-exact (required: <= 1e-4), see the module docstring
 SEED = 77
+STEPS = 4
 
 
 def control_picture(size: int = 64):
@@ -56,17 +60,34 @@ def _encode(paths, tiny: fx.Tiny, text: str):
     return CLIPTextEncode().execute(_ctx(paths), text=text, clip=tiny.clip)[0]
 
 
-def _sample(paths, tiny, pos, neg, latent, *, cfg, scheduler="normal", steps=3):
-    out = KSampler().execute(_ctx(paths, "KSampler"), model=tiny.model, seed=SEED, steps=steps, cfg=cfg,
+def _sample(paths, tiny, pos, neg, latent, *, cfg, scheduler="normal", steps=STEPS):
+    out = KSampler().execute(_ctx(paths, "KSampler"), model=_comfy_model(paths, tiny.model), seed=SEED, steps=steps,
+                             cfg=cfg,
                              sampler_name="euler", scheduler=scheduler, positive=pos, negative=neg,
                              latent_image=latent, denoise=1.0)[0]
     return VAEDecode().execute(_ctx(paths), samples=out, vae=tiny.vae)[0]
 
 
+def _comfy_model(paths, model):
+    """FLUX.1-dev shifted for a 64×64 image (FluxPipeline's shift); other models as they are."""
+    from nodes.sampling import ModelSamplingFlux
+
+    if model.family.value != "flux_dev":
+        return model
+    return ModelSamplingFlux().execute(_ctx(paths), model=model, max_shift=1.15, base_shift=0.5, width=64,
+                                       height=64)[0]
+
+
 def _euler(tiny: fx.Tiny):
+    """Euler starting at ComfyUI's √(1 + σ_max²)·noise (diffusers' linspace default: σ_max·noise)."""
     from diffusers import EulerDiscreteScheduler
 
-    return EulerDiscreteScheduler.from_config(dict(tiny.components["scheduler"].config), timestep_spacing="linspace")
+    class ComfyStart(EulerDiscreteScheduler):
+        @property
+        def init_noise_sigma(self):
+            return (self.sigmas.max() ** 2 + 1) ** 0.5
+
+    return ComfyStart.from_config(dict(tiny.components["scheduler"].config), timestep_spacing="linspace")
 
 
 def _diff(image: torch.Tensor, ref: torch.Tensor) -> float:
@@ -91,7 +112,7 @@ def test_sd15_controlnet_matches_pipeline(tiny_paths):
                                              safety_checker=None, feature_extractor=None,
                                              requires_safety_checker=False)
     ref = pipe(prompt="an astronaut", negative_prompt="blurry", image=control_picture(),
-               controlnet_conditioning_scale=0.8, num_inference_steps=3, guidance_scale=6.0, height=64, width=64,
+               controlnet_conditioning_scale=0.8, num_inference_steps=STEPS, guidance_scale=6.0, height=64, width=64,
                generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt").images
     assert _diff(ours, ref) <= TOL
     # the ControlNet does act: without it the pipeline's UNet alone gives another image
@@ -114,7 +135,7 @@ def test_sdxl_controlnet_matches_pipeline(tiny_paths):
     c = dict(tiny.components)
     c["scheduler"] = _euler(tiny)
     pipe = StableDiffusionXLControlNetPipeline(**c, controlnet=cn.module)
-    ref = pipe(prompt="a castle", negative_prompt="fog", image=control_picture(), num_inference_steps=3,
+    ref = pipe(prompt="a castle", negative_prompt="fog", image=control_picture(), num_inference_steps=STEPS,
                guidance_scale=5.0, height=64, width=64, generator=torch.Generator("cpu").manual_seed(SEED),
                output_type="pt").images
     assert _diff(ours, ref) <= TOL
@@ -162,7 +183,7 @@ def test_flux_controlnet_matches_pipeline(tiny_paths, name, node):
     pipe = FluxControlNetPipeline(**c, controlnet=cn.module)
     pipe.vae = _ModeLatents(c["vae"])
     ref = pipe(prompt="an astronaut", control_image=control_picture(), controlnet_conditioning_scale=0.7,
-               num_inference_steps=3, guidance_scale=guidance, height=64, width=64,
+               num_inference_steps=STEPS, guidance_scale=guidance, height=64, width=64,
                generator=torch.Generator("cpu").manual_seed(SEED), output_type="pt").images
     assert _diff(ours, ref) <= TOL
     plain = _sample(tiny_paths, tiny, FluxGuidance().execute(_ctx(tiny_paths), conditioning=_encode(
@@ -186,7 +207,8 @@ def test_flux_canny_model_with_instruct_pix_to_pix_matches_pipeline(tiny_paths):
     neg = _encode(tiny_paths, tiny, "")
     pos, neg, latent = InstructPixToPixConditioning().execute(_ctx(tiny_paths), positive=pos, negative=neg,
                                                               vae=tiny.vae, pixels=control_image())
-    out = KSampler().execute(_ctx(tiny_paths, "KSampler"), model=model, seed=SEED, steps=3, cfg=1.0,
+    out = KSampler().execute(_ctx(tiny_paths, "KSampler"), model=_comfy_model(tiny_paths, model), seed=SEED,
+                             steps=STEPS, cfg=1.0,
                              sampler_name="euler", scheduler="simple", positive=pos, negative=neg,
                              latent_image=latent, denoise=1.0)[0]
     ours = VAEDecode().execute(_ctx(tiny_paths), samples=out, vae=tiny.vae)[0]
@@ -194,14 +216,15 @@ def test_flux_canny_model_with_instruct_pix_to_pix_matches_pipeline(tiny_paths):
     c["transformer"] = model.denoiser
     pipe = FluxControlPipeline(**c)
     pipe.vae = _ModeLatents(c["vae"])
-    ref = pipe(prompt="an astronaut", control_image=control_picture(), num_inference_steps=3,
+    ref = pipe(prompt="an astronaut", control_image=control_picture(), num_inference_steps=STEPS,
                guidance_scale=guidance, height=64, width=64, generator=torch.Generator("cpu").manual_seed(SEED),
                output_type="pt").images
     assert _diff(ours, ref) <= TOL
     # the control channels matter: another control image gives another picture
     pos2, neg2, _ = InstructPixToPixConditioning().execute(_ctx(tiny_paths), positive=pos, negative=neg,
                                                            vae=tiny.vae, pixels=control_image().flip(2))
-    other = KSampler().execute(_ctx(tiny_paths, "KSampler"), model=model, seed=SEED, steps=3, cfg=1.0,
+    other = KSampler().execute(_ctx(tiny_paths, "KSampler"), model=_comfy_model(tiny_paths, model), seed=SEED,
+                               steps=STEPS, cfg=1.0,
                                sampler_name="euler", scheduler="simple", positive=pos2, negative=neg2,
                                latent_image=latent, denoise=1.0)[0]
     assert (other["samples"] - out["samples"]).abs().max() > 1e-4

@@ -403,3 +403,13 @@ def test_scaled_fp8_weights_are_dequantized(tiny_models_dir, built):
     ref = built["dev"]["text_encoder_2"].state_dict()
     q = "encoder.block.0.layer.0.SelfAttention.q.weight"
     assert torch.allclose(t5.state_dict()[q], ref[q], rtol=0.07, atol=1e-3)
+
+
+def test_fp8_weights_flag_stores_checkpoint_denoisers_in_fp8(tiny_base_dir):
+    ctx = NodeContext(node_id="1", class_type="X", prompt_id="p", paths=FolderPaths(tiny_base_dir),
+                      models=ModelManager(), options=RuntimeOptions(device="cpu", fp8_weights=True))
+    model = L.CheckpointLoaderSimple().execute(ctx, "tiny-sd15.safetensors")[0]
+    assert model.quantization == "fp8_e4m3fn"
+    assert model.denoiser.conv_in.weight.dtype == torch.float8_e4m3fn
+    plain = L.CheckpointLoaderSimple().execute(make_ctx(tiny_base_dir, ctx.models), "tiny-sd15.safetensors")[0]
+    assert plain.weights is not model.weights and plain.denoiser.conv_in.weight.dtype == torch.float32

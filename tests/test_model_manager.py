@@ -207,6 +207,49 @@ def test_prompt_record_lists_used_models_with_sha256(tmp_path):
     assert rows[0]["dtype"] == "float16" and rows[0]["sha256"] == {str(f): sha256_of_file(f)}
 
 
+def test_prompts_in_flight_at_once_keep_their_own_model_records():
+    """A video prompt parks (its thread waits) while an image prompt runs on another thread; when
+    the video prompt resumes and finishes, its record still names what it used before parking —
+    and neither record names the other prompt's models.  Node work runs in asyncio tasks and
+    ``asyncio.to_thread`` calls, which must see their prompt's record."""
+    import asyncio
+    import threading
+
+    mm = ModelManager()
+    a, b, c = blob_handle(mm, "a", 1), blob_handle(mm, "b", 1), blob_handle(mm, "c", 1)
+    parked, resume = threading.Event(), threading.Event()
+    records: dict[str, list[str]] = {}
+
+    def video_prompt() -> None:
+        mm.begin_prompt()
+        asyncio.run(asyncio.to_thread(a.get))  # a node before the network node
+        parked.set()
+        resume.wait(10)
+        c.get()  # SaveVideo-like node after resuming
+        records["video"] = [r["label"] for r in mm.prompt_models(with_sha256=False)]
+
+    def image_prompt() -> None:
+        used = mm.begin_prompt()
+
+        async def node() -> None:
+            b.get()
+
+        asyncio.run(node())
+        records["image"] = [r["label"] for r in mm.prompt_models(with_sha256=False)]
+        mm.note_prompt_use([a], used)  # e.g. a cached loader's output, noted from another thread
+        records["image+cached"] = [r["label"] for r in mm.prompt_models(with_sha256=False, record=used)]
+
+    video = threading.Thread(target=video_prompt)
+    video.start()
+    assert parked.wait(10)
+    image = threading.Thread(target=image_prompt)
+    image.start()
+    image.join(10)
+    resume.set()
+    video.join(10)
+    assert records == {"video": ["a", "c"], "image": ["b"], "image+cached": ["b", "a"]}
+
+
 def test_handles_are_found_in_node_inputs():
     mm = ModelManager()
     h1, h2 = blob_handle(mm, "a", 1), blob_handle(mm, "b", 1)
@@ -263,3 +306,56 @@ def test_working_memory_is_reserved_before_a_node_runs():
     # an impossible reservation does not fail the node
     with mm.prepare_for("8", working_bytes=10_000, device="cuda:0"):
         pass
+
+
+def test_a_prompt_record_lists_the_loaded_files_with_dtype_device_and_sha256(tiny_base_dir):
+    """What issue 12's reproducibility record reads: the models a prompt used since begin_prompt()."""
+    from graph_runtime.context import NodeContext, RuntimeOptions
+    from graph_runtime.file_hashes import FileHashes, sha256_of_file
+    from graph_runtime.paths import FolderPaths
+    from nodes.conditioning import CLIPTextEncode
+    from nodes.loaders import CheckpointLoaderSimple
+
+    mm = ModelManager(hashes=FileHashes())
+    ctx = NodeContext(node_id="1", class_type="X", prompt_id="p", paths=FolderPaths(tiny_base_dir), models=mm,
+                      options=RuntimeOptions(device="cpu"))
+    _m, clip, _v = CheckpointLoaderSimple().execute(ctx, "tiny-sd15.safetensors")
+    mm.begin_prompt()  # Runtime.run_job calls this before each prompt
+    CLIPTextEncode().execute(ctx, "x", clip)  # this prompt uses only the text encoders
+    rows = mm.prompt_models()
+    ckpt = ctx.paths.model_path("checkpoints", "tiny-sd15.safetensors")
+    assert [r["label"] for r in rows] == ["tiny-sd15.safetensors (text encoders)"]
+    assert rows[0]["sha256"] == {str(ckpt): sha256_of_file(ckpt)}
+    assert (rows[0]["device"], rows[0]["dtype"]) == ("cpu", "float32")
+
+
+class StreamingOps(BlobOps):
+    def __init__(self) -> None:
+        self.streamed: list[str] = []
+
+    def stream(self, value: Blob, device: str) -> bool:
+        self.streamed.append(value.name)
+        return True
+
+
+def test_lowvram_streams_a_model_that_does_not_fit_and_novram_streams_all():
+    for mode, expect in ((VramMode.LOW, ["big"]), (VramMode.NO, ["small", "big"])):
+        mm = gpu_manager(100, mode=mode)
+        ops = StreamingOps()
+        small = mm.handle(("small",), lambda: Blob("small", 30), ops=ops, device="cuda:0", label="small")
+        big = mm.handle(("big",), lambda: Blob("big", 300), ops=ops, device="cuda:0", label="big")
+        small.get()
+        with mm.node_scope("1"):
+            big.get()
+        assert ops.streamed == expect, mode
+        assert big.device == CPU  # its weights live in RAM
+    mm = gpu_manager(100, mode=VramMode.NORMAL)
+    big = mm.handle(("big",), lambda: Blob("big", 300), ops=StreamingOps(), device="cuda:0", label="big")
+    with pytest.raises(ModelMemoryError):
+        big.get()
+
+
+def test_loaders_may_build_on_the_cpu_and_the_manager_places_the_model():
+    mm = gpu_manager(100)
+    h = mm.handle(("m",), lambda: Blob("m", 30, CPU), ops=BlobOps(), device="cuda:0", label="m")
+    assert h.get().device == "cuda:0" and h.device == "cuda:0"

@@ -176,3 +176,26 @@ def test_a_killed_save_leaves_no_partial_file_under_the_final_name(tmp_path):
     _kill_mid_write(_writer(tmp_path, target, 3, 300), target.parent)
     assert _sha(target) == old_sha
     assert len(model_files.load(target)) == 40
+
+
+def test_lora_save_extracts_the_difference_of_two_models(ctx):
+    from nodes.model_save import LoraSave, ModelMergeSubtract
+
+    base, clip, _ = L.CheckpointLoaderSimple().execute(ctx, "tiny-sd15.safetensors")
+    tuned = L.LoraLoaderModelOnly().execute(ctx, base, "tiny-sd15-lora.safetensors", 1.0)[0]
+    diff = ModelMergeSubtract().execute(ctx, tuned, base, 1.0)[0]
+    info = LoraSave().execute(ctx, "loras/extracted", 4, "standard", True, diff, None).ui["models"][0]
+    saved = ctx.paths.output_dir / "loras" / info["filename"]
+    assert info["sha256"] == _sha(saved)
+    shutil.copy2(saved, ctx.paths.model_dirs("loras")[0] / saved.name)
+    again = L.LoraLoaderModelOnly().execute(ctx, base, saved.name, 1.0)[0]
+    # the tiny LoRA has rank 4: a rank-4 SVD gives it back up to float rounding
+    e, x_tuned = _latent(ctx, tuned, clip, False)
+    _, x_again = _latent(ctx, again, clip, False)
+    _, x_base = _latent(ctx, base, clip, False)
+    assert torch.allclose(x_again, x_tuned, atol=1e-4) and not torch.allclose(x_base, x_tuned, atol=1e-3)
+    # rank 1 keeps only part of it: between the base and the tuned model
+    small = LoraSave().execute(ctx, "loras/extracted_r1", 1, "standard", False, diff, None).ui["models"][0]
+    shutil.copy2(ctx.paths.output_dir / "loras" / small["filename"], ctx.paths.model_dirs("loras")[0] / small["filename"])
+    x_r1 = _latent(ctx, L.LoraLoaderModelOnly().execute(ctx, base, small["filename"], 1.0)[0], clip, False)[1]
+    assert (x_r1 - x_tuned).norm() < (x_base - x_tuned).norm()

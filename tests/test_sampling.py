@@ -78,7 +78,9 @@ def test_bf16_option_runs_in_bf16_and_records_it(tmp_path):
 
 # --- img2img, step windows ---------------------------------------------------------------------
 
-def test_denoise_zero_returns_input_and_partial_denoise_runs_strength_steps(tmp_path):
+def test_denoise_zero_returns_input_and_partial_denoise_runs_the_users_steps(tmp_path):
+    """ComfyUI's rule: denoise 0.35 with 10 steps runs 10 steps — the last 10 of a 28-step schedule.
+    (diffusers' strength rule would run int(10·0.35) = 3 of 10.)"""
     tiny = fx.sd15()
     pos, neg = fx.sd_conds(tiny)
     src = {"samples": torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))}
@@ -86,9 +88,9 @@ def test_denoise_zero_returns_input_and_partial_denoise_runs_strength_steps(tmp_
     assert KSampler().execute(ctx, model=tiny.model, seed=1, steps=4, cfg=5.0, sampler_name="euler",
                               scheduler="normal", positive=pos, negative=neg, latent_image=src, denoise=0.0)[0] is src
     counts = []
-    ctx = fx.make_ctx(tmp_path, progress=lambda n, v, t, p: counts.append(t))
+    ctx = fx.make_ctx(tmp_path, progress=lambda n, v, t, p: counts.append((v, t)))
     out = _ks(ctx, tiny.model, pos, neg, latent=src, steps=10, denoise=0.35)
-    assert counts == [3, 3, 3]  # int(10 * 0.35) steps of a 10-step schedule
+    assert counts == [(i + 1, 10) for i in range(10)]
     full = _ks(fx.make_ctx(tmp_path), tiny.model, pos, neg, latent=src, steps=10)
     # low denoise stays closer to the source than a full generation
     assert (out - src["samples"]).abs().mean() < (full - src["samples"]).abs().mean()
@@ -130,7 +132,7 @@ def test_end_step_without_leftover_noise_returns_denoised(tmp_path):
     # ComfyUI's meaning: the first 3 sigmas of the 6-step schedule, then straight to sigma 0
     ctx = fx.make_ctx(tmp_path)
     six = BasicScheduler().execute(ctx, model=tiny.model, scheduler="normal", steps=6, denoise=1.0)[0]
-    truncated = torch.cat([six.values[:3], torch.zeros(1)])
+    truncated = torch.cat([six[:3], torch.zeros(1)])
     euler = KSamplerSelect().execute(ctx, sampler_name="euler")[0]
     ref = SamplerCustom().execute(ctx, model=tiny.model, add_noise=True, noise_seed=5, cfg=5.0, positive=pos,
                                   negative=neg, sampler=euler, sigmas=truncated, latent_image=EMPTY)[0]["samples"]
@@ -147,7 +149,7 @@ def test_sampler_custom_advanced_chain_equals_ksampler(tmp_path):
     guider = CFGGuider().execute(ctx, model=tiny.model, positive=pos, negative=neg, cfg=6.0)[0]
     sampler = KSamplerSelect().execute(ctx, sampler_name="dpmpp_2m_sde")[0]
     sigmas = BasicScheduler().execute(ctx, model=tiny.model, scheduler="karras", steps=4, denoise=1.0)[0]
-    assert len(sigmas) == 5 and sigmas.values[0] == pytest.approx(14.6146, abs=1e-3) and sigmas.values[-1] == 0
+    assert len(sigmas) == 5 and sigmas[0] == pytest.approx(14.6146, abs=1e-3) and sigmas[-1] == 0
     out, denoised = SamplerCustomAdvanced().execute(ctx, noise=noise, guider=guider, sampler=sampler, sigmas=sigmas,
                                                     latent_image=EMPTY)
     ref = _ks(fx.make_ctx(tmp_path), tiny.model, pos, neg, seed=21, sampler_name="dpmpp_2m_sde", scheduler="karras")
@@ -171,13 +173,13 @@ def test_denoised_output_is_last_x0_estimate(tmp_path):
     assert torch.allclose(out["samples"], den["samples"], atol=1e-5)
 
 
-def test_explicit_karras_sigmas_drive_euler_and_are_refused_elsewhere(tmp_path):
+def test_explicit_sigmas_drive_every_sampler(tmp_path):
     tiny = fx.sd15()
     pos, neg = fx.sd_conds(tiny)
     ctx = fx.make_ctx(tmp_path)
     custom = KarrasScheduler().execute(ctx, steps=4, sigma_max=14.614642, sigma_min=0.0291675, rho=7.0)[0]
     named = BasicScheduler().execute(ctx, model=tiny.model, scheduler="karras", steps=4, denoise=1.0)[0]
-    assert torch.allclose(custom.values, named.values, atol=1e-3)
+    assert torch.allclose(custom, named, atol=1e-3)
     euler = KSamplerSelect().execute(ctx, sampler_name="euler")[0]
     run = dict(model=tiny.model, add_noise=True, noise_seed=3, cfg=5.0, positive=pos, negative=neg, latent_image=EMPTY)
     a = SamplerCustom().execute(ctx, sampler=euler, sigmas=custom, **run)[0]["samples"]
@@ -187,9 +189,11 @@ def test_explicit_karras_sigmas_drive_euler_and_are_refused_elsewhere(tmp_path):
     c = SamplerCustom().execute(ctx, sampler=euler, sigmas=KarrasScheduler().execute(
         ctx, steps=4, sigma_max=5.0, sigma_min=0.1, rho=3.0)[0], **run)[0]["samples"]
     assert (a - c).abs().max() > 1e-2
+    # any sampler follows an explicit schedule (ComfyUI's samplers all take sigmas)
     dpm = KSamplerSelect().execute(ctx, sampler_name="dpmpp_2m")[0]
-    with pytest.raises(NodeError, match="explicit SIGMAS"):
-        SamplerCustom().execute(ctx, sampler=dpm, sigmas=custom, **run)
+    d = SamplerCustom().execute(ctx, sampler=dpm, sigmas=named, **run)[0]["samples"]
+    ref = _ks(fx.make_ctx(tmp_path), tiny.model, pos, neg, seed=3, cfg=5.0, sampler_name="dpmpp_2m", scheduler="karras")
+    assert torch.equal(d, ref)
 
 
 def test_disable_noise_and_basic_guider_on_flux(tmp_path):
@@ -211,15 +215,17 @@ def test_disable_noise_and_basic_guider_on_flux(tmp_path):
 # --- model patches ---------------------------------------------------------------------------------
 
 def test_model_sampling_flux_sets_the_shift(tmp_path):
+    """FLUX.1-dev samples with μ = 1.15 (ComfyUI's default, the 1024×1024 value) unless a
+    ModelSamplingFlux node sets μ from the image size; schnell is unshifted until one does."""
     tiny = fx.flux(True)
     cond = fx.flux_conds(tiny)
     ctx = fx.make_ctx(tmp_path)
     base = _ks(ctx, tiny.model, cond, None, latent=EMPTY16, cfg=1.0, scheduler="simple")
-    same = ModelSamplingFlux().execute(ctx, model=tiny.model, max_shift=1.15, base_shift=0.5, width=64, height=64)[0]
-    assert torch.equal(_ks(ctx, same, cond, None, latent=EMPTY16, cfg=1.0, scheduler="simple"), base)
     big = ModelSamplingFlux().execute(ctx, model=tiny.model, max_shift=1.15, base_shift=0.5, width=1024, height=1024)[0]
     assert big.sampling["mu"] == pytest.approx(1.15)
-    assert (_ks(ctx, big, cond, None, latent=EMPTY16, cfg=1.0, scheduler="simple") - base).abs().max() > 1e-3
+    assert torch.allclose(_ks(ctx, big, cond, None, latent=EMPTY16, cfg=1.0, scheduler="simple"), base, atol=1e-5)
+    small = ModelSamplingFlux().execute(ctx, model=tiny.model, max_shift=1.15, base_shift=0.5, width=64, height=64)[0]
+    assert (_ks(ctx, small, cond, None, latent=EMPTY16, cfg=1.0, scheduler="simple") - base).abs().max() > 1e-3
     schnell = fx.flux(False)
     shifted = ModelSamplingFlux().execute(ctx, model=schnell.model, max_shift=1.15, base_shift=0.5, width=1024,
                                           height=1024)[0]
@@ -239,10 +245,10 @@ def test_model_sampling_discrete_v_prediction_and_zsnr(tmp_path):
     assert v.prediction_type == "v_prediction" and tiny.model.prediction_type == "epsilon"
     assert (_ks(ctx, v, pos, neg) - eps).abs().max() > 1e-3
     z = ModelSamplingDiscrete().execute(ctx, model=tiny.model, sampling="v_prediction", zsnr=True)[0]
-    out = _ks(ctx, z, pos, neg, scheduler="simple")
-    assert torch.isfinite(out).all()
-    with pytest.raises(NodeError, match="zero-terminal-SNR"):
-        _ks(ctx, z, pos, neg, sampler_name="heun")
+    for sampler in ("euler", "heun", "dpmpp_2m"):
+        out = _ks(ctx, z, pos, neg, scheduler="simple", sampler_name=sampler)
+        assert torch.isfinite(out).all() and (out - _ks(ctx, v, pos, neg, scheduler="simple",
+                                                        sampler_name=sampler)).abs().max() > 1e-3
 
 
 def test_model_merge_simple_blends_at_use_time(tmp_path):
@@ -363,3 +369,197 @@ def test_flux_area_conditioning_snaps_to_token_patches(tmp_path):
               cfg=1.0, scheduler="simple")  # odd sizes/offsets would not pack into 2×2 tokens
     diff = (out - base).abs().mean(1)[0]
     assert torch.isfinite(out).all() and diff[:4, 2:8].mean() > 3 * diff[6:, :2].mean()
+
+
+# --- ComfyUI's step counts on the tiny models: img2img, hires fix, two-stage KSamplerAdvanced --------
+
+class _UNetCalls:
+    """Counts denoiser calls and records each call's timestep and input."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.timesteps: list[float] = []
+        self.inputs: list[torch.Tensor] = []
+        self.handle = module.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module, args, kwargs):
+        sample, t = args[0], args[1]
+        self.inputs.append(sample.detach().clone())
+        self.timesteps.append(float(t.reshape(-1)[0]))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+def _timestep_of(model, sigma: float) -> float:
+    from nodes.diffusion.model_sampling import model_sampling_for
+
+    return float(model_sampling_for(model).timestep(torch.tensor(sigma)))
+
+
+@pytest.mark.parametrize("steps,denoise", [(6, 0.5), (10, 0.35), (4, 0.75), (3, 1.0)])
+def test_img2img_model_calls_and_schedule_follow_comfyui(tmp_path, steps, denoise):
+    from nodes.diffusion.sampling import schedule
+
+    tiny = fx.sd15()
+    pos, neg = fx.sd_conds(tiny)
+    src = {"samples": torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))}
+    with _UNetCalls(tiny.model.denoiser) as calls:
+        _ks(fx.make_ctx(tmp_path), tiny.model, pos, neg, latent=src, steps=steps, denoise=denoise)
+    assert len(calls.timesteps) == steps  # the widget's steps run (one batched [uncond, cond] call each)
+    longer = schedule(tiny.model, "euler", "normal", int(steps / denoise))
+    assert calls.timesteps == [_timestep_of(tiny.model, float(s)) for s in longer[-(steps + 1):-1]]
+
+
+def test_hires_fix_model_calls(tmp_path):
+    """txt2img, upscale the latent 1.5×, a second KSampler at denoise 0.5: 5 + 4 model calls, the second
+    pass starting at the middle of an 8-step schedule."""
+    from nodes.diffusion.sampling import schedule
+    from nodes.latent import LatentUpscaleBy
+
+    tiny = fx.sd15()
+    pos, neg = fx.sd_conds(tiny)
+    ctx = fx.make_ctx(tmp_path)
+    with _UNetCalls(tiny.model.denoiser) as calls:
+        first = KSampler().execute(ctx, model=tiny.model, seed=4, steps=5, cfg=6.0, sampler_name="euler",
+                                   scheduler="normal", positive=pos, negative=neg, latent_image=EMPTY, denoise=1.0)[0]
+        big = LatentUpscaleBy().execute(ctx, samples=first, upscale_method="nearest-exact", scale_by=1.5)[0]
+        second = KSampler().execute(ctx, model=tiny.model, seed=4, steps=4, cfg=6.0, sampler_name="dpmpp_2m",
+                                    scheduler="karras", positive=pos, negative=neg, latent_image=big, denoise=0.5)[0]
+    assert len(calls.timesteps) == 5 + 4
+    assert calls.inputs[5].shape[-1] == 12 and second["samples"].shape == (1, 4, 12, 12)
+    eight = schedule(tiny.model, "dpmpp_2m", "karras", 8)
+    assert calls.timesteps[5:] == [_timestep_of(tiny.model, float(s)) for s in eight[4:-1]]
+
+
+@pytest.mark.parametrize("sampler", ["euler", "heun", "dpmpp_2m"])
+def test_advanced_stages_model_calls(tmp_path, sampler):
+    """A 6-step schedule split at step 4: the first stage makes the calls of steps 0-3, the second of 4-5;
+    together exactly the calls of one run (heun: two per step, one for the last step to σ = 0)."""
+    tiny = fx.sd15()
+    pos, neg = fx.sd_conds(tiny)
+    kw = dict(noise_seed=5, steps=6, cfg=5.0, sampler_name=sampler, scheduler="karras", positive=pos, negative=neg)
+    adv = KSamplerAdvanced()
+    per_step = 2 if sampler == "heun" else 1
+    with _UNetCalls(tiny.model.denoiser) as calls:
+        first = adv.execute(fx.make_ctx(tmp_path), model=tiny.model, add_noise="enable", latent_image=EMPTY,
+                            start_at_step=0, end_at_step=4, return_with_leftover_noise="enable", **kw)[0]
+    assert len(calls.timesteps) == 4 * per_step
+    with _UNetCalls(tiny.model.denoiser) as calls2:
+        adv.execute(fx.make_ctx(tmp_path), model=tiny.model, add_noise="disable", latent_image=first,
+                    start_at_step=4, end_at_step=10000, return_with_leftover_noise="disable", **kw)
+    assert len(calls2.timesteps) == 2 * per_step - (per_step - 1)
+    with _UNetCalls(tiny.model.denoiser) as whole:
+        _ks(fx.make_ctx(tmp_path), tiny.model, pos, neg, seed=5, steps=6, cfg=5.0, sampler_name=sampler,
+            scheduler="karras")
+    assert calls.timesteps + calls2.timesteps == whole.timesteps
+    # end without leftover noise: the cut σ becomes 0, so the last kept step denoises fully
+    with _UNetCalls(tiny.model.denoiser) as calls3:
+        adv.execute(fx.make_ctx(tmp_path), model=tiny.model, add_noise="enable", latent_image=EMPTY,
+                    start_at_step=0, end_at_step=3, return_with_leftover_noise="disable", **kw)
+    assert len(calls3.timesteps) == 3 * per_step - (per_step - 1)
+    # a start past the end runs nothing and returns the input
+    with _UNetCalls(tiny.model.denoiser) as none:
+        out = adv.execute(fx.make_ctx(tmp_path), model=tiny.model, add_noise="enable", latent_image=first,
+                          start_at_step=6, end_at_step=10000, return_with_leftover_noise="disable", **kw)[0]
+    assert none.timesteps == [] and torch.equal(out["samples"], first["samples"])
+
+
+def test_run_again_with_a_new_seed(tmp_path):
+    tiny = fx.sd15()
+    pos, neg = fx.sd_conds(tiny)
+    for sampler in ("euler", "euler_ancestral", "dpmpp_sde"):
+        a = _ks(fx.make_ctx(tmp_path), tiny.model, pos, neg, seed=7, sampler_name=sampler)
+        again = _ks(fx.make_ctx(tmp_path), tiny.model, pos, neg, seed=7, sampler_name=sampler)
+        other = _ks(fx.make_ctx(tmp_path), tiny.model, pos, neg, seed=8, sampler_name=sampler)
+        assert torch.equal(a, again) and (a - other).abs().max() > 1e-2
+
+
+def test_initial_noise_and_batch_index_reach_the_model(tmp_path):
+    """The first model input is the seed's CPU noise × √(1 + σ_max²) (ComfyUI's full-denoise start),
+    scaled by the model's input scaling 1/√(1 + σ²): i.e. the noise itself.  With a LATENT batch_index
+    (an image picked out of a batch) row j gets the batch_index[j]-th single-image draw."""
+    tiny = fx.sd15()
+    pos, _ = fx.sd_conds(tiny)
+    shape = (1, 4, 8, 8)
+    g = torch.Generator("cpu").manual_seed(9)
+    draws = [torch.randn(shape, generator=g) for _ in range(3)]
+    with _UNetCalls(tiny.model.denoiser) as calls:
+        _ks(fx.make_ctx(tmp_path), tiny.model, pos, None, seed=9, cfg=1.0, steps=2)
+        _ks(fx.make_ctx(tmp_path), tiny.model, pos, None, seed=9, cfg=1.0, steps=2,
+            latent={"samples": torch.zeros(shape), "batch_index": [2]})
+    torch.testing.assert_close(calls.inputs[0], draws[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(calls.inputs[2], draws[2], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("sampler", ["euler", "ddim"])
+def test_inpainting_noise_mask_semantics(tmp_path, sampler):
+    """Before each model call the kept region (mask 0) holds the source latent noised to the current σ
+    with the run's noise (ddim: noise from seed + 1); after the run it holds the source."""
+    from nodes.diffusion.model_sampling import model_sampling_for
+    from nodes.diffusion.sampling import latent_format, schedule
+
+    tiny = fx.sd15()
+    pos, _ = fx.sd_conds(tiny)
+    src = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    mask = torch.zeros(1, 64, 64)
+    mask[:, :32, :] = 1.0  # repaint the top half
+    latent = {"samples": src, "noise_mask": mask}
+    with _UNetCalls(tiny.model.denoiser) as calls:
+        out = _ks(fx.make_ctx(tmp_path), tiny.model, pos, None, latent=latent, seed=2, cfg=1.0, steps=4,
+                  sampler_name=sampler, denoise=0.8)
+    scale, shift = latent_format(tiny.model)
+    model_src = (src - shift) * scale
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2 + (sampler == "ddim")))
+    sigmas = schedule(tiny.model, sampler, "normal", 4, 0.8)
+    ms = model_sampling_for(tiny.model)
+    for x_in, sigma in zip(calls.inputs, sigmas[:-1]):
+        state = x_in * torch.sqrt(sigma ** 2 + 1)  # undo the model's input scaling
+        torch.testing.assert_close(state[..., 4:, :], (model_src + noise * sigma)[..., 4:, :], rtol=1e-5, atol=1e-5)
+    assert float(ms.timestep(sigmas[0])) == calls.timesteps[0]
+    torch.testing.assert_close(out[..., 4:, :], src[..., 4:, :], rtol=1e-5, atol=1e-5)
+    assert (out[..., :4, :] - src[..., :4, :]).abs().max() > 1e-2
+
+
+def test_latent_from_batch_keeps_each_images_noise(tmp_path):
+    """An image taken out of a batch (LatentFromBatch) starts from the noise it had in the batch, so a
+    deterministic sampler gives it the batch's picture; batch_index survives RepeatLatentBatch
+    (ComfyUI's offsets).  (Ancestral step noise is drawn for the batch as a whole, as in ComfyUI.)"""
+    from nodes.latent import EmptyLatentImage, LatentFromBatch, RepeatLatentBatch
+
+    tiny = fx.sd15()
+    pos, neg = fx.sd_conds(tiny)
+    ctx = fx.make_ctx(tmp_path)
+    batch = EmptyLatentImage().execute(ctx, width=64, height=64, batch_size=3)[0]
+    picked = LatentFromBatch().execute(ctx, samples=batch, batch_index=2, length=1)[0]
+    assert picked["batch_index"] == [2] and picked["samples"].shape[0] == 1
+    alone = _ks(ctx, tiny.model, pos, neg, latent=picked, sampler_name="euler")
+    in_batch = _ks(ctx, tiny.model, pos, neg, latent=batch)[2]
+    assert torch.allclose(alone[0], in_batch, rtol=1e-4, atol=1e-3)  # (batch-size dependent kernels: 1e-6)
+    plain = _ks(ctx, tiny.model, pos, neg, latent={"samples": picked["samples"]}, sampler_name="euler")
+    assert (plain - alone).abs().max() > 1e-2  # without the batch_index it would be row 0's noise
+    two = LatentFromBatch().execute(ctx, samples=batch, batch_index=1, length=5)[0]
+    assert two["batch_index"] == [1, 2] and two["samples"].shape[0] == 2
+    repeated = RepeatLatentBatch().execute(ctx, samples=two, amount=3)[0]
+    assert repeated["samples"].shape[0] == 6 and repeated["batch_index"] == [1, 2, 3, 4, 5, 6]
+    masked = {**batch, "noise_mask": torch.ones(3, 1, 64, 64)}
+    assert LatentFromBatch().execute(ctx, samples=masked, batch_index=1, length=1)[0]["noise_mask"].shape[0] == 1
+
+
+def test_flux_two_stage_advanced_hands_on_leftover_noise(tmp_path):
+    """FLUX: a stage handing on leftover noise returns x/(1 - σ) (ComfyUI's inverse noise scaling), and
+    the next stage without new noise scales it back by (1 - σ): the two stages equal one run."""
+    tiny = fx.flux(True)
+    cond = fx.flux_conds(tiny)
+    kw = dict(noise_seed=6, steps=5, cfg=1.0, sampler_name="euler", scheduler="simple", positive=cond, negative=cond)
+    adv = KSamplerAdvanced()
+    whole = adv.execute(fx.make_ctx(tmp_path), model=tiny.model, add_noise="enable", latent_image=EMPTY16,
+                        start_at_step=0, end_at_step=10000, return_with_leftover_noise="disable", **kw)[0]
+    first = adv.execute(fx.make_ctx(tmp_path), model=tiny.model, add_noise="enable", latent_image=EMPTY16,
+                        start_at_step=0, end_at_step=2, return_with_leftover_noise="enable", **kw)[0]
+    second = adv.execute(fx.make_ctx(tmp_path), model=tiny.model, add_noise="disable", latent_image=first,
+                         start_at_step=2, end_at_step=10000, return_with_leftover_noise="disable", **kw)[0]
+    assert torch.allclose(second["samples"], whole["samples"], rtol=1e-4, atol=1e-4)
+    assert (first["samples"] - whole["samples"]).abs().max() > 0.1

@@ -210,6 +210,35 @@ def test_prefix_kv_is_reused_from_the_model_manager_with_identical_output(lm_pat
     assert [k for k in small.keys() if k[0] == "prefix-kv"] == [] or len(small.keys()) == 1
 
 
+def test_prefix_kv_reuse_with_draft_model_and_prompt_lookup_keeps_greedy_output(lm_paths, smollm2) -> None:
+    """Assisted decoding starts from the cached system prefix (only the new tokens are encoded first) and
+    still gives exactly plain greedy's tokens, on the tiny Qwen2 (draft and lookup) and on real SmolLM2."""
+    manager = ModelManager()
+    ctx = make_ctx(lm_paths, manager)
+    llm = LLMLoader().execute(ctx, "tiny-qwen2")[0].get()
+    draft = LLMLoader().execute(ctx, "tiny-qwen2-draft")[0].get()
+    system = "Rewrite the caption as a narration, keeping its exact words and phrases. " * 6
+    caption = "A red-brick lighthouse stands on a rocky headland at dusk; three gulls circle above the lantern."
+    fed: list[int] = []
+    hook = llm.model.register_forward_pre_hook(lambda m, a, kw: fed.append(kw["input_ids"].shape[1]), with_kwargs=True)
+    try:
+        narrate(ctx, llm, "warm the cache", system, Sampling(max_new_tokens=2), use_chat_template=True)
+        for kw in ({"draft": draft}, {"prompt_lookup_tokens": 6}):
+            fed.clear()
+            result = narrate(ctx, llm, caption, system, Sampling(max_new_tokens=24), use_chat_template=True, **kw)
+            assert result.prefix_tokens_reused > 50, kw
+            assert fed[0] < 80, f"the cached prefix was encoded again: first step fed {fed[0]} tokens ({kw})"
+            assert result.token_ids == reference_ids(llm, system, caption, 24), kw
+    finally:
+        hook.remove()
+    smol_ctx = make_ctx(lm_paths, ModelManager())
+    narrate(smol_ctx, smollm2, "Hello.", system, Sampling(max_new_tokens=2), use_chat_template=True)
+    looked_up = narrate(smol_ctx, smollm2, caption, system, Sampling(max_new_tokens=24), use_chat_template=True,
+                        prompt_lookup_tokens=8)
+    assert looked_up.prefix_tokens_reused > 50
+    assert looked_up.token_ids == reference_ids(smollm2, system, caption, 24)
+
+
 # -- image token budget ----------------------------------------------------------------------------
 
 def test_a_4096_square_image_is_captioned_within_the_token_budget(lm_paths, manager) -> None:

@@ -203,7 +203,9 @@ def test_templates_and_workflow_templates(server: LiveServer) -> None:
     assert server.get("/templates/%2e%2e%2f%2e%2e%2fsetup.py").status in (403, 404)
     assert server.get("/templates/nope.json").status == 404
     modules = server.get("/api/workflow_templates").json()
-    assert modules == {"genesis": ["default_sd15"], "demo_pack": ["demo flow"]}
+    assert modules == {"genesis": ["default_sd15", "smollm2_narrate"], "demo_pack": ["demo flow"]}
+    narration = server.get("/api/workflow_templates/genesis/smollm2_narrate.json").json()
+    assert {"LLMLoader", "LLMNarrate"} <= {n["type"] for n in narration["nodes"]}
     ours = server.get("/api/workflow_templates/genesis/default_sd15.json").json()
     assert {n["type"] for n in ours["nodes"]} == {"CheckpointLoaderSimple", "CLIPTextEncode", "EmptyLatentImage",
                                                   "KSampler", "VAEDecode", "SaveImage"}

@@ -49,7 +49,7 @@ class _LiveCollector:
 
     def collect(self) -> Iterator[Metric]:
         runtime = self.facade.runtime
-        running = 1 if runtime.running_prompt_id() is not None else 0
+        running = len(runtime.running_prompt_ids())  # on the GPU and parked on the network lane
         prompts = GaugeMetricFamily("genesis_prompts", "Prompts in the queue by state", labels=["state"])
         prompts.add_metric(["pending"], max(0, runtime.queue_remaining - running))
         prompts.add_metric(["running"], running)

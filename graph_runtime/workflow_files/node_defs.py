@@ -21,7 +21,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
+WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO", "COMFY_DYNAMICCOMBO_V3"})
+DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3"
 SEED_INPUT_NAMES = frozenset({"seed", "noise_seed"})
 CONTROL_MODES = frozenset({"fixed", "increment", "decrement", "randomize", "increment-wrap"})
 
@@ -50,6 +51,13 @@ class InputView:
         """True when the frontend shows this input as a widget (so it owns a ``widgets_values`` slot)."""
         return self.type in WIDGET_TYPES and not self.options.get("forceInput")
 
+    def option_inputs(self, key: Any) -> tuple["InputView", ...]:
+        """A dynamic combo's inputs for option ``key``, named ``NAME.CHILD`` as the API sends them."""
+        for option in self.options.get("options") or ():
+            if isinstance(option, Mapping) and option.get("key") == key:
+                return _parse_inputs(option.get("inputs") or {}, {}, prefix=self.name + ".")
+        return ()
+
     @property
     def has_control(self) -> bool:
         """True when the frontend adds a ``control_after_generate`` widget right after this one."""
@@ -75,7 +83,7 @@ class InputView:
         """The value a freshly created widget holds, used when a workflow lacks one."""
         if "default" in self.options:
             return self.options["default"]
-        if self.type == "COMBO":
+        if self.type in ("COMBO", DYNAMIC_COMBO):
             return self.choices[0] if self.choices else None
         if self.type in ("INT", "FLOAT"):
             low, high = self.options.get("min"), self.options.get("max")
@@ -113,17 +121,30 @@ class NodeDefView:
     def input(self, name: str) -> InputView | None:
         return self._by_name.get(name)
 
-    @property
-    def widget_inputs(self) -> tuple[InputView, ...]:
-        return tuple(i for i in self.inputs if i.is_widget)
+    def widget_inputs(self, selection: Mapping[str, Any] | None = None) -> tuple[InputView, ...]:
+        """Widget inputs in ``widgets_values`` order; a dynamic combo is followed by the widgets of its
+        option chosen in ``selection`` (default: its first option)."""
+        out: list[InputView] = []
+        for inp in self.inputs:
+            if not inp.is_widget:
+                continue
+            out.append(inp)
+            if inp.type == DYNAMIC_COMBO:
+                key = (selection or {}).get(inp.name, inp.default_value())
+                out.extend(c for c in inp.option_inputs(key) if c.is_widget)
+        return tuple(out)
+
+    def dynamic_combos(self) -> tuple[InputView, ...]:
+        return tuple(i for i in self.inputs if i.type == DYNAMIC_COMBO)
 
     def widget_slots(self, *, control: bool = True, filter_list: bool = True,
-                     upload: bool = True) -> list[WidgetSlot]:
+                     upload: bool = True, selection: Mapping[str, Any] | None = None) -> list[WidgetSlot]:
         """The ``widgets_values`` layout; the flags drop frontend-only slots some versions omit."""
         slots: list[WidgetSlot] = []
-        upload_input = next((i for i in self.widget_inputs if not i.optional and i.has_upload), None)
+        widget_inputs = self.widget_inputs(selection)
+        upload_input = next((i for i in widget_inputs if not i.optional and i.has_upload), None)
         upload_done = False
-        for inp in self.widget_inputs:
+        for inp in widget_inputs:
             if inp.optional and upload and upload_input is not None and not upload_done:
                 slots.append(WidgetSlot(SlotKind.UPLOAD, upload_input))
                 upload_done = True
@@ -153,13 +174,14 @@ def _parse_spec(name: str, raw: Any, optional: bool) -> InputView:
         choices = opts.get("options")
         return InputView(name, "COMBO", opts, optional,
                          tuple(choices) if isinstance(choices, (list, tuple)) else None)
+    if type_name == DYNAMIC_COMBO:
+        keys = tuple(o.get("key") for o in opts.get("options") or () if isinstance(o, Mapping))
+        return InputView(name, DYNAMIC_COMBO, opts, optional, keys)
     return InputView(name, type_name, opts, optional)
 
 
-def parse_node_def(class_type: str, raw: Mapping[str, Any]) -> NodeDefView:
-    """Build a :class:`NodeDefView` from one ``object_info`` entry (V1 or V3-derived shape)."""
-    inputs_raw = raw.get("input") or {}
-    order_raw = raw.get("input_order") or {}
+def _parse_inputs(inputs_raw: Mapping[str, Any], order_raw: Mapping[str, Any],
+                  prefix: str = "") -> tuple[InputView, ...]:
     views: list[InputView] = []
     for section, optional in (("required", False), ("optional", True)):
         specs = inputs_raw.get(section) or {}
@@ -167,7 +189,13 @@ def parse_node_def(class_type: str, raw: Mapping[str, Any]) -> NodeDefView:
             continue
         names = [n for n in (order_raw.get(section) or []) if n in specs]
         names += [n for n in specs if n not in names]
-        views.extend(_parse_spec(n, specs[n], optional) for n in names)
+        views.extend(_parse_spec(prefix + n, specs[n], optional) for n in names)
+    return tuple(views)
+
+
+def parse_node_def(class_type: str, raw: Mapping[str, Any]) -> NodeDefView:
+    """Build a :class:`NodeDefView` from one ``object_info`` entry (V1 or V3-derived shape)."""
+    views = list(_parse_inputs(raw.get("input") or {}, raw.get("input_order") or {}))
     outputs = raw.get("output") or []
     display = raw.get("display_name") or raw.get("name") or class_type
     return NodeDefView(

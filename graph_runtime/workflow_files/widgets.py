@@ -82,6 +82,27 @@ def _greedy(slots: Sequence[WidgetSlot], values: Sequence[Any]) -> tuple[dict[st
     return out, i
 
 
+def _map(node_def: NodeDefView, widgets_values: Any, widgets: tuple[InputView, ...], selection: dict[str, Any],
+         report: Callable[[str], None]) -> dict[str, Any]:
+    if isinstance(widgets_values, Mapping):
+        return {i.name: widgets_values[i.name] for i in widgets if i.name in widgets_values}
+    if isinstance(widgets_values, (list, tuple)):
+        values = list(widgets_values)
+        for control, filter_list, upload in _LAYOUT_VARIANTS:
+            slots = node_def.widget_slots(control=control, filter_list=filter_list, upload=upload, selection=selection)
+            if len(slots) == len(values) and _plausible(slots, values):
+                return {s.input.name: v for s, v in zip(slots, values) if s.kind is SlotKind.VALUE}
+        mapped, used = _greedy(node_def.widget_slots(selection=selection), values)
+        if used < len(values):
+            # Trailing values belong to widgets the definition does not declare (custom
+            # frontend widgets, e.g. an audio player); the frontend ignores them too.
+            log.debug("%s: %d trailing widget value(s) ignored", node_def.class_type, len(values) - used)
+        return mapped
+    if widgets_values is not None:
+        report(f"{node_def.class_type}: widgets_values of type {type(widgets_values).__name__} ignored")
+    return {}
+
+
 def map_widget_values(node_def: NodeDefView, widgets_values: Any,
                       warn: Callable[[str], None] | None = None, where: str = "") -> dict[str, Any]:
     """Return ``{input_name: value}`` for every widget input of ``node_def``.
@@ -90,29 +111,17 @@ def map_widget_values(node_def: NodeDefView, widgets_values: Any,
     it).  Missing values are filled with the definition's defaults and reported through ``warn``.
     """
     report = warn or (lambda msg: None)
-    widgets = node_def.widget_inputs
-    if isinstance(widgets_values, Mapping):
-        mapped = {i.name: widgets_values[i.name] for i in widgets if i.name in widgets_values}
-    elif isinstance(widgets_values, (list, tuple)):
-        values = list(widgets_values)
-        mapped = None
-        for control, filter_list, upload in _LAYOUT_VARIANTS:
-            slots = node_def.widget_slots(control=control, filter_list=filter_list, upload=upload)
-            if len(slots) == len(values) and _plausible(slots, values):
-                mapped = {s.input.name: v for s, v in zip(slots, values) if s.kind is SlotKind.VALUE}
-                break
-        if mapped is None:
-            mapped, used = _greedy(node_def.widget_slots(), values)
-            if used < len(values):
-                # Trailing values belong to widgets the definition does not declare (custom
-                # frontend widgets, e.g. an audio player); the frontend ignores them too.
-                log.debug("%s: %d trailing widget value(s) ignored", where or node_def.class_type,
-                          len(values) - used)
-    elif widgets_values is None:
-        mapped = {}
-    else:
-        report(f"{where or node_def.class_type}: widgets_values of type {type(widgets_values).__name__} ignored")
-        mapped = {}
+    # a dynamic combo's chosen option decides which widgets follow it: map with the defaults, then
+    # again with the options the values chose, until the choice is stable
+    selection: dict[str, Any] = {}
+    for _ in range(len(node_def.dynamic_combos()) + 1):
+        widgets = node_def.widget_inputs(selection)
+        mapped = _map(node_def, widgets_values, widgets, selection, report)
+        chosen = {d.name: mapped[d.name] for d in node_def.dynamic_combos()
+                  if isinstance(mapped.get(d.name), str) and d.name in mapped}
+        if all(selection.get(k) == v for k, v in chosen.items()):
+            break
+        selection.update(chosen)
     # A workflow saved before an input existed lacks its value.  Required inputs get the
     # default (the frontend would show it); optional ones stay unset, so the node sees exactly
     # what it saw when the workflow was made.

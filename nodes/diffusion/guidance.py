@@ -24,7 +24,8 @@ pipelines do — with these arguments:
 * FLUX: ``sample`` = the packed latent tokens (N, h/2·w/2, 4C), ``timestep`` = t/1000 per row,
   ``encoder_hidden_states`` = T5 rows, ``flux_kwargs`` = ``{"guidance", "pooled_projections",
   "txt_ids", "img_ids"}``;
-* ``percent`` = sampling progress, 0.0 at the first step of the full schedule → 1.0 at the end.
+* ``percent`` = where the step's σ lies in the model's timestep range, ComfyUI's ``percent_to_sigma``
+  inverted (0.0 at σ_max → 1.0 at σ = 0), so start/end percents cut at the same σ as in ComfyUI.
 
 The returned dict is passed as extra keyword arguments to the denoiser call; rows whose entry has
 no hook (or whose hook returned None) get zeros of the same shapes.
@@ -436,16 +437,29 @@ def guided_prediction(denoiser: Any, x: torch.Tensor, t: torch.Tensor, positive:
     ``cfg == 1`` (or no negative) runs the positive side only, like the pipelines.  With one plain
     entry per side, uncond and cond rows share one batched call, ``[uncond, cond]``.
     """
+    return guided_prediction_and_uncond(denoiser, x, t, positive, negative, cfg, percent)[0]
+
+
+def guided_prediction_and_uncond(denoiser: Any, x: torch.Tensor, t: torch.Tensor, positive: Sequence[PreparedCond],
+                                 negative: Sequence[PreparedCond] | None, cfg: float, percent: float,
+                                 keep_uncond: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`guided_prediction` and the unconditional output it was guided from (None when the
+    negative side was not evaluated).
+
+    ``keep_uncond`` evaluates the negative side even at cfg 1, in the same batched call — ComfyUI's
+    ``disable_cfg1_optimization``, which its CFG++ samplers set because they need that output; the
+    guided result is then computed as uncond + cfg·(cond - uncond) like any other.
+    """
     pos = [e for e in positive if e.active(percent)]
-    use_neg = negative is not None and not math.isclose(cfg, 1.0)
+    use_neg = negative is not None and (keep_uncond or not math.isclose(cfg, 1.0))
     neg = [e for e in negative if e.active(percent)] if use_neg else []
     if use_neg and len(pos) == 1 and len(neg) == 1 and _batchable([pos[0], neg[0]]):
         uncond, cond = _call(denoiser, [x, x], [neg[0], pos[0]], t, percent)
-        return uncond + cfg * (cond - uncond)
+        return uncond + cfg * (cond - uncond), uncond
     if not use_neg and len(pos) == 1 and pos[0].is_plain:
-        return _call(denoiser, [x], [pos[0]], t, percent)[0]
+        return _call(denoiser, [x], [pos[0]], t, percent)[0], None
     cond = _composite(denoiser, x, pos, t, percent)
     if not use_neg:
-        return cond
+        return cond, None
     uncond = _composite(denoiser, x, neg, t, percent)
-    return uncond + cfg * (cond - uncond)
+    return uncond + cfg * (cond - uncond), uncond

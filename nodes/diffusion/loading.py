@@ -175,7 +175,8 @@ def _denoiser_loader(path: Path, detected: Detected, dtype: torch.dtype, device:
 
     def load() -> torch.nn.Module:
         sd = _load_tensors(path, prefixes)
-        denoiser = _build_denoiser(path, detected, sd, dtype).to(device)
+        # built on the CPU; the model manager moves it to ``device`` (or streams it: --lowvram)
+        denoiser = _build_denoiser(path, detected, sd, dtype)
         del sd
         storage = FP8_STORAGE.get(weight_dtype)
         if storage is not None:
@@ -187,7 +188,7 @@ def _denoiser_loader(path: Path, detected: Detected, dtype: torch.dtype, device:
             from nodes.quantize.methods import QuantizeError, quantize_module
 
             try:
-                quantize_module(denoiser, quantization, dtype, device)
+                quantize_module(denoiser, quantization, dtype, device)  # bitsandbytes quantizes on the move
             except QuantizeError as exc:
                 raise LoadError(f"{path.name}: {exc}") from exc
         return denoiser
@@ -208,7 +209,7 @@ def denoiser_handle(models: ModelManager, path: Path, place: Placement, kind: st
     estimate = _estimate(shapes, prefixes, dtype)
     if weight_dtype in FP8_STORAGE:
         estimate //= max(torch.empty((), dtype=dtype).element_size(), 1)
-    key = _base_key(kind, path, place) + (("model",) if kind == "checkpoint" else (weight_dtype,))
+    key = _base_key(kind, path, place) + (("model",) if kind == "checkpoint" else ()) + (weight_dtype,)
     if quantization != "none":
         key += (quantization,)
     name = families.FAMILY_NAMES.get(detected.family, str(detected.family))
@@ -267,9 +268,8 @@ def _vae_loader(path: Path, prefix: str, layout: str, family: ModelFamily | None
             sd = strip_prefix(sd, prefix)
         latent = sd["decoder.conv_in.weight"].shape[1] if "decoder.conv_in.weight" in sd else 4
         scale, shift = _vae_format(latent, family)
-        vae = _guard(path, sf.build_vae, sd, path.name, scale, shift, vae_dtype(place.dtype_option, place.device),
-                     layout=layout)
-        return vae.to(place.device)
+        return _guard(path, sf.build_vae, sd, path.name, scale, shift, vae_dtype(place.dtype_option, place.device),
+                      layout=layout)  # on the CPU: the model manager places it
 
     return load
 
@@ -353,7 +353,7 @@ def _encoders_loader(parts: Sequence[_EncoderPart], tokenizers: dict, place: Pla
             del sd
             if part.kind == "t5xxl":
                 _check_t5_vocab(tokenizers[part.kind], module, part.path)
-            encoders[part.kind] = module.to(place.device)
+            encoders[part.kind] = module  # on the CPU: the model manager places it
         return encoders
 
     return load
@@ -434,7 +434,7 @@ class Bundle:
 
 
 def load_checkpoint(models: ModelManager, path: Path, place: Placement, t5_dirs: Sequence[Path],
-                    quantization: str = "none") -> Bundle:
+                    quantization: str = "none", weight_dtype: str = "default") -> Bundle:
     """CheckpointLoaderSimple: an all-in-one file (SD1.5 / SDXL LDM layout, ComfyUI's FLUX layout).
 
     The denoiser, the text encoders and the VAE are three handles, each reading only its own
@@ -446,8 +446,10 @@ def load_checkpoint(models: ModelManager, path: Path, place: Placement, t5_dirs:
     if detected.family is None:
         raise _unsupported(path, detected)
     family = detected.family
-    handle, _, _ = denoiser_handle(models, path, place, "checkpoint", detected=detected, shapes=shapes,
+    handle, _, _ = denoiser_handle(models, path, place, "checkpoint", weight_dtype, detected=detected, shapes=shapes,
                                    quantization=quantization)
+    if weight_dtype in FP8_STORAGE:
+        quantization = weight_dtype.replace("_fast", "")
     model = make_model(family, handle, str(path), _prediction_type(shapes), quantization=quantization)
     clip = None
     if detected.encoders:
@@ -494,7 +496,7 @@ def load_diffusers_folder(models: ModelManager, folder: Path, place: Placement) 
             module = getattr(lib, cls).from_pretrained(str(folder / sub), local_files_only=True, torch_dtype=dt)
         except (OSError, ValueError) as exc:
             raise LoadError(f"{folder.name}/{sub} could not be loaded ({exc})") from exc
-        return module.eval().to(place.device)
+        return module.eval()  # on the CPU: the model manager places it
 
     def part_handle(sub: str, lib, cls: str, dt) -> ModelHandle:
         return _handle(models, base + (sub,), lambda: part(sub, lib, cls, dt), place=place, sources=[folder / sub],

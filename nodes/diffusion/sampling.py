@@ -1,49 +1,50 @@
-"""The sampling loop on diffusers components, split the way the node graph splits it.
+"""One sampling run with ComfyUI's semantics, split the way the node graph splits it.
 
-One call of :func:`sample` is one KSampler run: a *fresh* diffusers scheduler built from the
-model's ``scheduler_config`` (:mod:`nodes.diffusion.schedulers`), noise from the seed, and the
-denoising loop of the diffusers pipelines, step for step:
+:func:`sample` is what ComfyUI's KSampler / KSamplerAdvanced / SamplerCustom(Advanced) do
+(``comfy/samplers.py``, ``comfy/sample.py``; read for the facts, our own code):
 
-* **Seed → noise.**  ``torch.Generator("cpu").manual_seed(seed)``; the initial noise is
-  ``randn_tensor(latent.shape, generator)`` in float32 on the CPU (then moved), and the *same*
-  generator object is handed to ``scheduler.step`` (ancestral/SDE samplers draw from it).  That is
-  what ``StableDiffusionPipeline(generator=torch.Generator("cpu").manual_seed(seed))`` does, so a seed
-  gives the pipeline's image — and the same image on any device.  (ComfyUI draws its noise
-  differently, so the same seed gives a different image than in ComfyUI.)
-* **txt2img** (``denoise == 1``): ``latents = noise · init_noise_sigma``.
-* **img2img** (``denoise < 1``): the diffusers ``strength`` rule — run the last
-  ``int(steps · denoise)`` of ``steps`` timesteps, after ``scheduler.add_noise`` (``scale_noise`` for
-  flow matching) at the first of them.
-* **inpaint** (LATENT ``noise_mask``, 1 = repaint): after each step the kept region is replaced by
-  the source latent noised to the next timestep, as ``StableDiffusionInpaintPipeline`` does for
-  4-channel UNets.
-* **CFG**: uncond and cond rows in one batched call (:mod:`nodes.diffusion.guidance`); cfg == 1
-  skips the uncond pass.
-* **KSamplerAdvanced** step windows: ``start_step``/``end_step`` slice the timesteps; a latent handed
-  on "with leftover noise" is always in the k-diffusion convention ``x0 + σ·ε`` (as in ComfyUI), so
-  chains across samplers whose diffusers schedulers live in variance-preserving space (DDIM,
-  DPM-Solver, UniPC) stay consistent.
+1. **Schedule.**  Either explicit SIGMAS (custom sampling), or ``steps`` of the named scheduler for
+   the model (:func:`~nodes.diffusion.schedulers.ksampler_sigmas`): ``denoise`` < 1 runs the last
+   ``steps`` of an ``int(steps / denoise)``-step schedule; KSamplerAdvanced's ``end_at_step`` cuts the
+   schedule (σ → 0 at the cut unless the leftover noise is returned) and ``start_at_step`` skips the
+   first steps.  An empty schedule returns the input latent.
+2. **Noise.**  :func:`~nodes.diffusion.noise.initial_noise` from the seed (zeros with ``add_noise``
+   off), mixed with the input latent at the first σ by the model's ``noise_scaling``: ``latent +
+   σ·noise``, or ``latent + √(1 + σ²)·noise`` when the schedule starts at the model's σ_max (SD), or
+   ``(1 - σ)·latent + σ·noise`` (FLUX).  The input latent enters in model space (``(raw - shift)·
+   scale``) unless it is all zeros (an empty latent stays zero).
+3. **Denoiser.**  ``model(x, σ)``: the model's input scaling, the timestep nearest σ, classifier-free
+   guidance (:mod:`nodes.diffusion.guidance`, uncond and cond rows in one batched call; cfg 1 skips
+   the uncond pass) and the model's output → denoised conversion.  The CFG++ samplers call
+   ``model.with_uncond(x, σ)`` instead, which also returns the unconditional estimate (the uncond pass
+   runs even at cfg 1; zeros without negative conditioning, as in ComfyUI).
+4. **Inpainting** (LATENT ``noise_mask``, 1 = repaint, resized bilinearly to the latent): before every
+   model call the kept region of ``x`` is replaced by the input latent noised to the current σ with
+   the run's initial noise (``ddim``: separate noise from seed + 1), and the denoised estimate's kept
+   region by the input latent itself.
+5. **Sampler** (:mod:`nodes.diffusion.k_samplers`), then ``inverse_noise_scaling`` at the last σ
+   (FLUX latents handed on with leftover noise are divided by 1 - σ, as ComfyUI does) and back to
+   raw VAE space.
 
+The sampler state lives in float32 on the run's device; the denoiser runs in the run's dtype.
 Nothing here knows the graph runtime: progress and interrupt come in as callables.
 """
 from __future__ import annotations
 
-import inspect
-import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 
 from nodes.diffusion import guidance as G
+from nodes.diffusion.k_samplers import RANDOM_INPAINT_NOISE, SAMPLER_FUNCTIONS, SamplerEnv
 from nodes.diffusion.model_patches import patched_denoiser
+from nodes.diffusion.model_sampling import ModelSampling, model_sampling_for
+from nodes.diffusion.noise import initial_noise
 from nodes.diffusion.previews import preview_image
-from nodes.diffusion.schedulers import build_scheduler, calculate_shift, model_kind
+from nodes.diffusion.schedulers import check_sampler, check_scheduler, ksampler_sigmas, step_window
 from nodes.diffusion.types import CondEntry, DiffusionModel, ModelFamily
-
-log = logging.getLogger(__name__)
 
 DEFAULT_LATENT_FORMAT: dict[ModelFamily, tuple[float, float]] = {
     ModelFamily.SD15: (0.18215, 0.0),
@@ -52,43 +53,21 @@ DEFAULT_LATENT_FORMAT: dict[ModelFamily, tuple[float, float]] = {
     ModelFamily.FLUX_DEV: (0.3611, 0.1159),
     ModelFamily.FLUX_SCHNELL: (0.3611, 0.1159),
 }
-# diffusers schedulers whose sample lives in variance-preserving space (√ᾱ·x0 + √(1-ᾱ)·ε)
-_VP_SPACE = {"DDIMScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler"}
 
 
 # ---------------------------------------------------------------------------------------------
-# values of the custom-sampling types (ComfyUI's SAMPLER, SIGMAS, NOISE, GUIDER)
+# values of the custom-sampling types (ComfyUI's SAMPLER, NOISE, GUIDER; SIGMAS is a 1-D tensor)
 
 @dataclass(frozen=True)
 class SamplerChoice:
-    """SAMPLER: a ComfyUI sampler name (resolved to a diffusers scheduler at run time)."""
+    """SAMPLER: a sampler name (KSamplerSelect)."""
 
     name: str
 
 
 @dataclass(frozen=True)
-class Sigmas:
-    """SIGMAS: a noise schedule.
-
-    ``values`` are the sigmas that will run, descending, ending with 0 (ComfyUI's convention; for
-    flow models they are the flow times).  When ``scheduler`` is set (BasicScheduler), the sampler
-    asks diffusers for exactly that named schedule, so results match the pipelines; a bare
-    schedule (``scheduler`` None, e.g. KarrasScheduler's custom range) is followed literally, which
-    only samplers accepting ``set_timesteps(sigmas=…)`` can do.
-    """
-
-    values: torch.Tensor
-    scheduler: str | None = None
-    steps: int = 0
-    denoise: float = 1.0
-
-    def __len__(self) -> int:
-        return int(self.values.shape[0])
-
-
-@dataclass(frozen=True)
 class NoiseSource:
-    """NOISE: RandomNoise(seed) or DisableNoise (``add`` False; the seed still drives ancestral steps)."""
+    """NOISE: RandomNoise(seed) or DisableNoise (``add`` False, seed 0 — which still seeds ancestral steps)."""
 
     seed: int = 0
     add: bool = True
@@ -109,28 +88,33 @@ class Guider:
 
 @dataclass
 class SamplingRequest:
+    """One run.  ``sigmas`` (explicit schedule, descending, usually ending with 0) replaces
+    ``scheduler``/``steps``/``denoise``; ``start_step``/``last_step``/``force_full_denoise`` are
+    KSamplerAdvanced's window (None: whole schedule)."""
+
     model: DiffusionModel
     positive: Sequence[CondEntry]
     negative: Sequence[CondEntry] | None
     latent: dict
     sampler: str = "euler"
-    scheduler: str | None = "normal"
+    scheduler: str = "normal"
     steps: int = 20
     cfg: float = 8.0
     seed: int = 0
     add_noise: bool = True
     denoise: float = 1.0
-    start_step: int = 0
-    end_step: int | None = None
-    return_with_leftover_noise: bool = False
-    custom_sigmas: Sequence[float] | None = None  # explicit descending schedule, without the final 0
+    start_step: int | None = None
+    last_step: int | None = None
+    force_full_denoise: bool = False
+    sigmas: Sequence[float] | torch.Tensor | None = None
 
 
 @dataclass
 class SamplingResult:
     latent: dict      # output LATENT (raw VAE space)
-    denoised: dict    # the last step's x0 estimate (raw VAE space)
+    denoised: dict    # the last step's x0 estimate (raw VAE space); the output itself if no step ran
     steps_run: int
+    sigmas: torch.Tensor = field(default_factory=lambda: torch.zeros(0))  # the schedule that ran
 
 
 @dataclass
@@ -160,81 +144,94 @@ def latent_channels(model: DiffusionModel) -> int | None:
     return int(n) // 4 if model.family.is_flux else int(n)
 
 
-def flux_mu(model: DiffusionModel, latent_hw: tuple[int, int]) -> float | None:
-    """The FLUX shift exponent: ModelSamplingFlux's value, else calculate_shift of the token count
-    (when the scheduler config uses dynamic shifting, as FLUX.1-dev's does)."""
-    if "mu" in model.sampling:
-        return float(model.sampling["mu"])
-    cfg = model.scheduler_config
-    if not cfg.get("use_dynamic_shifting", False):
-        return None
-    h, w = latent_hw
-    return calculate_shift((h // 2) * (w // 2), cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
-                           cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
+def schedule(model: DiffusionModel, sampler: str, scheduler: str, steps: int, denoise: float = 1.0) -> torch.Tensor:
+    """The sigmas a KSampler with these widgets runs on ``model`` (before KSamplerAdvanced's window)."""
+    return ksampler_sigmas(model_sampling_for(model), sampler, scheduler, steps, denoise)
+
+
+def fix_empty_latent_channels(model: DiffusionModel, samples: torch.Tensor) -> torch.Tensor:
+    """An all-zero latent of another family (EmptyLatentImage into FLUX) becomes zeros of the model's width."""
+    want = latent_channels(model)
+    if want is not None and samples.ndim == 4 and samples.shape[1] != want and not samples.any():
+        return torch.zeros(samples.shape[0], want, *samples.shape[2:])
+    return samples
+
+
+def prepare_mask(mask: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """A LATENT noise mask at the latent's size (bilinear), channels and batch."""
+    m = mask.float()
+    m = m.reshape((-1, 1, m.shape[-2], m.shape[-1]))
+    m = torch.nn.functional.interpolate(m, size=(shape[2], shape[3]), mode="bilinear")
+    m = torch.cat([m] * shape[1], dim=1)
+    if m.shape[0] < shape[0]:
+        m = m.repeat(math.ceil(shape[0] / m.shape[0]), 1, 1, 1)
+    return m[:shape[0]]
 
 
 # ---------------------------------------------------------------------------------------------
-# schedule helpers
+# the denoiser as the samplers see it
 
-def _sigma_at(sched: Any, idx: int, t: torch.Tensor) -> float:
-    sigmas = getattr(sched, "sigmas", None)
-    if sigmas is not None and idx < len(sigmas):
-        return float(sigmas[idx])
-    ac = sched.alphas_cumprod[int(t)]
-    return float(((1 - ac) / ac) ** 0.5)
+class Denoiser:
+    """``model(x, σ) → denoised`` for the samplers: scalings, CFG, inpainting blend, interrupt checks."""
 
+    def __init__(self, ms: ModelSampling, adapter: Any, positive, negative, cfg: float, dtype: torch.dtype,
+                 check_interrupted: Callable[[], None] | None = None) -> None:
+        self.ms = ms
+        self.adapter = adapter
+        self.positive, self.negative, self.cfg = positive, negative, cfg
+        self.dtype = dtype
+        self.check_interrupted = check_interrupted
+        self.mask: torch.Tensor | None = None
+        self.latent: torch.Tensor | None = None
+        self.inpaint_noise: torch.Tensor | None = None
+        self.calls = 0
+        self._last: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (x, denoised, output)
 
-def _estimate_x0(x: torch.Tensor, out: torch.Tensor, sigma: float, kind: str, vp: bool) -> torch.Tensor:
-    if kind == "flow":
-        return x - sigma * out
-    if vp:
-        alpha = 1.0 / math.sqrt(1.0 + sigma * sigma)
-        s = sigma * alpha
-        return (x - s * out) / alpha if kind == "eps" else alpha * x - s * out
-    if kind == "eps":
-        return x - sigma * out
-    return x / (sigma * sigma + 1.0) - (sigma / math.sqrt(sigma * sigma + 1.0)) * out
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return self._evaluate(x, sigma, keep_uncond=False)[0]
 
+    def with_uncond(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(denoised, uncond_denoised) of one call, for the CFG++ samplers.
 
-def _add_noise(sched: Any, clean: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    if hasattr(sched, "scale_noise"):
-        return sched.scale_noise(clean, t, noise)
-    return sched.add_noise(clean, noise, t)
+        As in ComfyUI: the negative side is evaluated even at cfg 1 (in the same batched call); the
+        unconditional estimate is taken before the inpainting blend; with no negative conditioning
+        (BasicGuider) it is zeros, which is what ComfyUI's batch of an absent conditioning yields.
+        """
+        denoised, uncond = self._evaluate(x, sigma, keep_uncond=True)
+        return denoised, uncond if uncond is not None else torch.zeros_like(denoised)
 
+    def _evaluate(self, x: torch.Tensor, sigma: torch.Tensor,
+                  keep_uncond: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.check_interrupted is not None:
+            self.check_interrupted()
+        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(())
+        x_in = x
+        if self.mask is not None:
+            kept = self.ms.noise_scaling(sigma, self.inpaint_noise, self.latent)
+            x = x * self.mask + kept * (1.0 - self.mask)
+        model_in = self.ms.calculate_input(sigma, x).to(self.dtype)
+        t = self.ms.denoiser_timestep(sigma).to(x.device)
+        percent = self.ms.sigma_to_percent(float(sigma))
+        out, uncond_out = G.guided_prediction_and_uncond(self.adapter, model_in, t, self.positive, self.negative,
+                                                         self.cfg, percent, keep_uncond=keep_uncond)
+        out = out.float()
+        self.calls += 1
+        denoised = self.ms.calculate_denoised(sigma, out, x)
+        uncond = None
+        if keep_uncond and uncond_out is not None:
+            uncond = self.ms.calculate_denoised(sigma, uncond_out.float(), x)
+        if self.mask is not None:
+            denoised = denoised * self.mask + self.latent * (1.0 - self.mask)
+        self._last = (x_in, denoised, out) if self.mask is None else None
+        return denoised, uncond
 
-def _step_kwargs(sched: Any, generator: torch.Generator) -> dict[str, Any]:
-    params = inspect.signature(sched.step).parameters
-    kw: dict[str, Any] = {}
-    if "generator" in params:
-        kw["generator"] = generator
-    if "eta" in params:
-        kw["eta"] = 0.0
-    return kw
+    def derivative(self, x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
+        """(x - denoised)/σ; for flow models the predicted velocity itself when it is that quantity."""
+        last = self._last
+        if self.ms.kind == "flow" and last is not None and last[0] is x and last[1] is denoised:
+            return last[2]
+        return (x - denoised) / sigma
 
-
-def schedule_values(model: DiffusionModel, sampler: str, scheduler: str, steps: int, denoise: float = 1.0,
-                    latent_hw: tuple[int, int] = (128, 128)) -> torch.Tensor:
-    """The sigmas a named schedule will run (for SIGMAS values), after the ``denoise`` truncation.
-
-    For FLUX, the shift depends on the image size; ``latent_hw`` defaults to 1024×1024 like
-    ComfyUI's ModelSamplingFlux default.
-    """
-    kind = model_kind(model.prediction_type)
-    mu = flux_mu(model, latent_hw) if kind == "flow" else None
-    built = build_scheduler(model.scheduler_config, sampler, scheduler, kind=kind, steps=steps, mu=mu,
-                            zsnr=bool(model.sampling.get("zsnr")))
-    built.scheduler.set_timesteps(**built.timestep_kwargs)
-    sig = torch.as_tensor(built.scheduler.sigmas, dtype=torch.float32).flatten()
-    if sig[-1] != 0:
-        sig = torch.cat([sig, sig.new_zeros(1)])
-    if denoise < 1.0:
-        run = min(int(steps * denoise), steps)
-        sig = sig[-(run + 1):] if run > 0 else sig[:0]
-    return sig
-
-
-# ---------------------------------------------------------------------------------------------
-# the loop
 
 def _check_channels(denoiser: Any, latent: torch.Tensor, model: DiffusionModel, concat: int = 0) -> None:
     want = denoiser.in_channels
@@ -248,81 +245,50 @@ def _check_channels(denoiser: Any, latent: torch.Tensor, model: DiffusionModel, 
         raise ValueError(f"the latent has {got} channels but the model expects {want}{hint}")
 
 
+def _run_sigmas(req: SamplingRequest, ms: ModelSampling) -> torch.Tensor | None:
+    if req.sigmas is not None:
+        sigmas = torch.as_tensor(req.sigmas, dtype=torch.float32).flatten().clone()
+    else:
+        msg = check_scheduler(req.scheduler)
+        if msg:
+            raise ValueError(msg)
+        sigmas = ksampler_sigmas(ms, req.sampler, req.scheduler, req.steps, req.denoise)
+    return step_window(sigmas, req.start_step, req.last_step, req.force_full_denoise)
+
+
 @torch.no_grad()
 def sample(req: SamplingRequest, run: RunOptions) -> SamplingResult:
     """Run one sampling pass; see the module docstring for the exact semantics."""
     model = req.model
-    kind = model_kind(model.prediction_type)
-    scale, shift = latent_format(model)
-    device, dtype = run.device, run.dtype
+    msg = check_sampler(req.sampler)
+    if msg:
+        raise ValueError(msg)
     raw = req.latent["samples"].float()
     if raw.ndim != 4:
         raise ValueError(f"LATENT samples must be (B, C, H, W), got shape {tuple(raw.shape)}")
-    want = latent_channels(model)
-    if want is not None and raw.shape[1] != want and not raw.any():
-        # an empty latent of another family (EmptyLatentImage into FLUX): zeros of the model's width, as ComfyUI
-        raw = torch.zeros(raw.shape[0], want, *raw.shape[2:])
+    raw = fix_empty_latent_channels(model, raw)
     b, c, h, w = raw.shape
     if model.family.is_flux and (h % 2 or w % 2):
         raise ValueError(f"FLUX latents need even sides; got {w}×{h} (image sides must be multiples of 16)")
+    ms = model_sampling_for(model)
+    sigmas = _run_sigmas(req, ms)
+    unchanged = {**req.latent, "samples": raw}
+    if sigmas is None or len(sigmas) == 0:
+        return SamplingResult(unchanged, dict(unchanged), 0)
 
-    custom = None if req.custom_sigmas is None else np.asarray(list(req.custom_sigmas), dtype=np.float64)
-    if custom is not None:
-        custom = custom[custom > 0] if custom.size and custom[-1] == 0 else custom
-    mu = flux_mu(model, (h, w)) if kind == "flow" else None
-    built = build_scheduler(model.scheduler_config, req.sampler, req.scheduler or "simple", kind=kind,
-                            steps=req.steps, mu=mu, zsnr=bool(model.sampling.get("zsnr")), seed=req.seed,
-                            custom_sigmas=custom)
-    sched = built.scheduler
-    sched.set_timesteps(**built.timestep_kwargs, device=device)
-    timesteps = sched.timesteps
-    order = int(getattr(sched, "order", 1))
-    total = len(custom) if custom is not None else req.steps
-
-    # which steps run: img2img strength (diffusers' rule) or a KSamplerAdvanced window
-    first_step = 0
-    if req.denoise < 1.0:
-        init = min(int(total * req.denoise), total)
-        first_step = max(total - init, 0)
-    first_step = max(first_step, req.start_step)
-    last_step = total if req.end_step is None else min(req.end_step, total)
-    first = first_step * order
-    last = len(timesteps) if last_step >= total else last_step * order
-    if first >= last:
-        out = dict(req.latent)
-        return SamplingResult(out, dict(out), 0)
-    run_ts = timesteps[first:last]
-    if hasattr(sched, "set_begin_index"):
-        sched.set_begin_index(first)
-    steps_run = last_step - first_step
-    force_full = last_step < total and not req.return_with_leftover_noise
-    vp = kind != "flow" and any(c.__name__ in _VP_SPACE for c in type(sched).__mro__)
-
-    generator = torch.Generator("cpu").manual_seed(int(req.seed))
-    from diffusers.utils.torch_utils import randn_tensor
-
-    noise = randn_tensor((b, c, h, w), generator=generator, device=torch.device("cpu"), dtype=torch.float32)
-    noise = noise.to(device=device, dtype=dtype)
-    if not req.add_noise:
-        noise = torch.zeros_like(noise)
-    x_model = ((raw - shift) * scale).to(device=device, dtype=dtype)
-
-    if req.add_noise and first == 0 and req.denoise >= 1.0:
-        init_sigma = getattr(sched, "init_noise_sigma", None)  # flow-matching schedulers start at σ = 1
-        latents = noise if init_sigma is None else noise * init_sigma
-    elif req.add_noise:
-        latents = _add_noise(sched, x_model, noise, run_ts[:1])
+    device, dtype = run.device, run.dtype
+    sigmas = sigmas.to(device)
+    if req.add_noise:
+        noise = initial_noise(raw.shape, req.seed, req.latent.get("batch_index"))
     else:
-        latents = x_model
-        if vp:  # leftover-noise latents arrive as x0 + σ·ε; this scheduler works on √ᾱ·x0 + √(1-ᾱ)·ε
-            latents = latents / math.sqrt(1.0 + _sigma_at(sched, first, run_ts[0]) ** 2)
+        noise = torch.zeros(raw.shape)
+    noise = noise.to(device)
+    scale, shift = latent_format(model)
+    latent = ((raw - shift) * scale if raw.any() else raw).to(device)
 
     mask = None
-    if "noise_mask" in req.latent and req.latent["noise_mask"] is not None:
-        mask = G._mask_to_latent(req.latent["noise_mask"], h, w)
-        if mask.shape[0] != b:
-            mask = mask.repeat(math.ceil(b / mask.shape[0]), 1, 1, 1)[:b]
-        mask = mask.to(device=device, dtype=dtype)
+    if req.latent.get("noise_mask") is not None:
+        mask = prepare_mask(req.latent["noise_mask"], raw.shape).to(device)
 
     pixel_hw = (h * 8, w * 8)
     positive = G.prepare_conditioning(model, req.positive, latent_hw=(h, w), pixel_hw=pixel_hw, device=device,
@@ -331,51 +297,36 @@ def sample(req: SamplingRequest, run: RunOptions) -> SamplingResult:
     if req.negative is not None:
         negative = G.prepare_conditioning(model, req.negative, latent_hw=(h, w), pixel_hw=pixel_hw, device=device,
                                           dtype=dtype, negative=True)
-    step_kw = _step_kwargs(sched, generator)
-    n_train = int(getattr(sched.config, "num_train_timesteps", 1000))
-    warmup = len(run_ts) - steps_run * order
-    x0 = latents
-    done = 0
+    total = len(sigmas) - 1
+    last_denoised: list[torch.Tensor] = []
 
+    def callback(i: int, x: torch.Tensor, denoised: torch.Tensor) -> None:
+        last_denoised[:] = [denoised]
+        if run.progress is not None:
+            run.progress(i + 1, total, preview_image(denoised, model.family) if run.previews else None)
+
+    max_sigma = float(ms.sigma_max)
+    max_denoise = math.isclose(max_sigma, float(sigmas[0]), rel_tol=1e-05) or float(sigmas[0]) > max_sigma
     with patched_denoiser(model, device, dtype) as module:
-        denoiser = G.make_denoiser(model, module)
-        _check_channels(denoiser, raw, model, max((p.concat.shape[1] for p in positive if p.concat is not None),
-                                                  default=0))
-        for i, t in enumerate(run_ts):
-            if run.check_interrupted is not None:
-                run.check_interrupted()
-            idx = first + i
-            percent = float(min(max(1.0 - float(t) / (n_train if kind == "flow" else n_train - 1), 0.0), 1.0))
-            sigma = _sigma_at(sched, idx, t)
-            model_in = sched.scale_model_input(latents, t) if hasattr(sched, "scale_model_input") else latents
-            pred = G.guided_prediction(denoiser, model_in, t, positive, negative, req.cfg, percent)
-            out = sched.step(pred, t, latents, **step_kw, return_dict=True)
-            x0 = getattr(out, "pred_original_sample", None)
-            if x0 is None:
-                x0 = _estimate_x0(latents, pred, sigma, kind, vp)
-            latents = out.prev_sample
-            is_last = i == len(run_ts) - 1
-            if is_last and force_full:
-                latents = x0
-            if mask is not None:
-                proper = x_model
-                nxt = idx + 1
-                if nxt < len(timesteps) and not (is_last and force_full):
-                    proper = _add_noise(sched, x_model, noise, timesteps[nxt:nxt + 1])
-                latents = (1 - mask) * proper + mask * latents
-            if is_last or ((i + 1) > warmup and (i + 1) % order == 0):
-                done += 1
-                if run.progress is not None:
-                    preview = preview_image(x0, model.family) if run.previews else None
-                    run.progress(done, steps_run, preview)
+        adapter = G.make_denoiser(model, module)
+        _check_channels(adapter, raw, model, max((p.concat.shape[1] for p in positive if p.concat is not None),
+                                                 default=0))
+        denoiser = Denoiser(ms, adapter, positive, negative, req.cfg, dtype, run.check_interrupted)
+        if mask is not None:
+            denoiser.mask, denoiser.latent = mask, latent
+            denoiser.inpaint_noise = noise
+            if req.sampler in RANDOM_INPAINT_NOISE:
+                denoiser.inpaint_noise = initial_noise(raw.shape, req.seed + 1).to(device)
+        x = ms.noise_scaling(sigmas[0], noise, latent, max_denoise)
+        env = SamplerEnv(model_sampling=ms, seed=req.seed, callback=callback)
+        x = SAMPLER_FUNCTIONS[req.sampler](denoiser, x, sigmas, env)
+        x = ms.inverse_noise_scaling(sigmas[-1], x)
 
-    if vp and not force_full and last < len(timesteps):
-        # hand leftover noise on in the k-diffusion convention x0 + σ·ε
-        latents = latents * math.sqrt(1.0 + _sigma_at(sched, last, timesteps[last]) ** 2)
     out_latent = {k: v for k, v in req.latent.items() if k != "samples"}
-    # contiguous: the inpaint blend can yield channels-last strides, and convolutions on those take
+    # contiguous: a masked blend can yield channels-last strides, and convolutions on those take
     # other kernels (1e-6 drift in the VAE decode)
-    out_latent["samples"] = (latents / scale + shift).float().cpu().contiguous()
+    out_latent["samples"] = (x.float() / scale + shift).cpu().contiguous()
     denoised = dict(out_latent)
-    denoised["samples"] = (x0 / scale + shift).float().cpu().contiguous()
-    return SamplingResult(out_latent, denoised, done)
+    if last_denoised:
+        denoised["samples"] = (last_denoised[0].float() / scale + shift).cpu().contiguous()
+    return SamplingResult(out_latent, denoised, total, sigmas.cpu())

@@ -43,7 +43,8 @@ class LLMLoader(Node):
 
 def chat_prompt_ids(lm: Any, system_prompt: str, prompt: str, use_chat_template: bool) -> tuple[list[int], list[int]]:
     """(prompt token ids, ids of the reusable prefix): the chat template over ``[system, user]`` with the
-    generation prompt added; the prefix is what it shares with the system message rendered alone."""
+    generation prompt added; the prefix is what it shares with the system message rendered alone (kept
+    per model and system prompt, so a call with a known system prompt renders the template once)."""
     tok = lm.tokenizer
     if not use_chat_template or not getattr(tok, "chat_template", None):
         head = f"{system_prompt}\n\n" if system_prompt else ""
@@ -56,7 +57,13 @@ def chat_prompt_ids(lm: Any, system_prompt: str, prompt: str, use_chat_template:
     ids = _as_ids(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
     if not system_prompt:
         return ids, []
-    alone = _as_ids(tok.apply_chat_template(messages[:1], add_generation_prompt=False, tokenize=True))
+    heads = lm.rendered_heads
+    alone = heads.get(system_prompt)
+    if alone is None:
+        alone = _as_ids(tok.apply_chat_template(messages[:1], add_generation_prompt=False, tokenize=True))
+        if len(heads) >= 64:
+            heads.pop(next(iter(heads)))
+        heads[system_prompt] = alone
     return ids, ids[:_common(ids, alone)]
 
 
@@ -79,14 +86,18 @@ def _common(a: list[int], b: list[int]) -> int:
 def narrate(ctx: NodeContext, llm: Any, prompt: str, system_prompt: str, sampling: Any, *, use_chat_template: bool,
             draft: Any = None, prompt_lookup_tokens: int = 0):
     """Generate on ``llm`` for ``[system, user]``; returns the :class:`GenerationResult` (raw text kept)."""
+    import time
+
     import torch
 
     from nodes.language.transformers_lm.generation import generate, thinking_decoder
 
+    requested_at = time.perf_counter()
     ids, prefix = chat_prompt_ids(llm, system_prompt, prompt, use_chat_template)
     inputs = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
     return generate(llm, inputs, sampling, ctx, draft=draft, prompt_lookup_tokens=prompt_lookup_tokens,
-                    prefix_ids=prefix, models=ctx.models, decode=thinking_decoder(llm.tokenizer))
+                    prefix_ids=prefix, models=ctx.models, decode=thinking_decoder(llm.tokenizer),
+                    requested_at=requested_at)
 
 
 class LLMNarrate(Node):

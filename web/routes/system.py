@@ -275,25 +275,35 @@ def _template_sources(state: WebState) -> dict[str, Path]:
     return sources
 
 
+def _is_ui_workflow(path: Path) -> bool:
+    try:
+        return isinstance(json.loads(path.read_text(encoding="utf-8")).get("nodes"), list)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _template_names(state: WebState, module: str, directory: Path) -> list[str]:
     if module == "genesis" and state.default_workflow is not None:
-        return [state.default_workflow.stem]  # workflows/ also holds API-format files
+        # workflows/ may also hold API-format files: list the UI-format ones, the default first
+        default = state.default_workflow.stem
+        others = sorted(p.stem for p in directory.glob("*.json") if p.stem != default and _is_ui_workflow(p))
+        return [default, *others]
     return sorted(p.stem for p in directory.glob("*.json"))
 
 
-@routes.get("/workflow_templates")
-async def workflow_templates(request: web.Request) -> web.Response:
-    state = state_of(request)
-    return web.json_response(await state.api.run_blocking(_templates, state))
-
-
-def _templates(state: WebState) -> dict[str, list[str]]:
+def _all_template_names(state: WebState) -> dict[str, list[str]]:
     result = {}
     for module, directory in _template_sources(state).items():
         names = _template_names(state, module, directory)
         if names:
             result[module] = names
     return result
+
+
+@routes.get("/workflow_templates")
+async def workflow_templates(request: web.Request) -> web.Response:
+    state = state_of(request)
+    return web.json_response(await state.api.run_blocking(_all_template_names, state))
 
 
 @routes.get("/workflow_templates/{module}/{name}")
@@ -307,6 +317,7 @@ async def workflow_template_file(request: web.Request) -> web.StreamResponse:
         path = safe_join(directory, name)
     except PathEscapeError as exc:
         return json_error(403, "forbidden", "Invalid path", str(exc))
-    if not path.is_file() or path.suffix != ".json" or path.stem not in _template_names(state, module, directory):
+    if not path.is_file() or path.suffix != ".json" or \
+            path.stem not in await state.api.run_blocking(_template_names, state, module, directory):
         return json_error(404, "not_found", "Template not found", request.match_info["name"])
     return web.FileResponse(path)

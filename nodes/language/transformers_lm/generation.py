@@ -10,12 +10,14 @@
   sharing the tokenizer) and ``prompt_lookup_tokens`` (n-gram candidates from the prompt).
 * Prefix KV reuse: the KV cache of a prompt prefix (system prompt + chat-template head) is kept in
   the model manager under its memory budget and copied into the next call with the same prefix,
-  so only the new tokens are encoded (plain decoding; the assisted paths encode the whole prompt).
+  so only the new tokens are encoded — with plain decoding and with the assisted paths (see
+  :func:`prefilled_first_step`).
 """
 from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import hashlib
 import logging
 import time
@@ -202,14 +204,46 @@ def prefix_kv(models: Any, lm: Any, prefix_ids: list[int]) -> PrefixKV:
     return models.get(("prefix-kv", lm.key, len(prefix_ids), digest), compute)
 
 
+@contextlib.contextmanager
+def prefilled_first_step(model: Any):
+    """Let assisted decoding (draft model, prompt lookup) start from a pre-filled KV cache.
+
+    transformers 5.23's assisted loop feeds the whole prompt plus the candidates in its first step
+    (``next_sequence_length`` None), which with a cache that already holds the prompt's prefix
+    attends to that prefix twice and changes the output.  For the duration of one ``generate``,
+    the first step is given only the tokens the cache does not hold; every later step, and any call
+    without a pre-filled cache, is unchanged.  (Set on the instance and removed afterwards: the model
+    manager runs one generation per model at a time.)
+    """
+    original = model.prepare_inputs_for_generation
+
+    @functools.wraps(original)
+    def prepare(input_ids: Any, *args: Any, next_sequence_length: int | None = None, past_key_values: Any = None,
+                is_first_iteration: bool | None = False, **kwargs: Any) -> Any:
+        if is_first_iteration and next_sequence_length is None and past_key_values is not None:
+            held = past_key_values.get_seq_length()
+            if 0 < held < input_ids.shape[1]:
+                next_sequence_length = input_ids.shape[1] - held
+        return original(input_ids, *args, next_sequence_length=next_sequence_length, past_key_values=past_key_values,
+                        is_first_iteration=is_first_iteration, **kwargs)
+
+    model.prepare_inputs_for_generation = prepare
+    try:
+        yield
+    finally:
+        del model.prepare_inputs_for_generation
+
+
 def generate(lm: Any, inputs: dict[str, Any], sampling: Sampling, ctx: Any = None, *, draft: Any = None,
              prompt_lookup_tokens: int = 0, prefix_ids: list[int] | None = None, models: Any = None,
              streamer: NodeStreamer | None = None, decode: Callable[[list[int]], str] | None = None,
-             extra: dict[str, Any] | None = None) -> GenerationResult:
+             extra: dict[str, Any] | None = None, requested_at: float | None = None) -> GenerationResult:
     """Run ``lm.model.generate`` on prepared ``inputs`` (``input_ids`` …) and return the new text.
 
     ``prefix_ids``: when given (and long enough), the KV cache of that prefix of ``input_ids`` is
     reused from ``models`` (the model manager) or computed and stored there.
+    ``requested_at``: when the caller started preparing the prompt (``time.perf_counter()``), so that
+    the time to first token counts the chat template and tokenizing too.
     """
     model, tokenizer = lm.model, lm.tokenizer
     device = lm.device
@@ -227,24 +261,23 @@ def generate(lm: Any, inputs: dict[str, Any], sampling: Sampling, ctx: Any = Non
     elif prompt_lookup_tokens > 0:
         kwargs["prompt_lookup_num_tokens"] = int(prompt_lookup_tokens)
     reused = 0
+    started = time.perf_counter()  # time to first token includes finding or computing the prefix cache
     input_ids = inputs.get("input_ids")
-    # assisted paths (draft model, prompt lookup) re-feed candidates against the full prompt: with a
-    # pre-filled cache transformers 5.23 decodes prompt lookup wrongly, so reuse is plain decoding only
-    if prefix_ids and models is not None and draft is None and not prompt_lookup_tokens and input_ids is not None \
-            and MIN_PREFIX_TOKENS <= len(prefix_ids) < input_ids.shape[1] \
+    if prefix_ids and models is not None and input_ids is not None and not lm.is_encoder_decoder \
+            and sampling.num_beams == 1 and MIN_PREFIX_TOKENS <= len(prefix_ids) < input_ids.shape[1] \
             and input_ids[0, :len(prefix_ids)].tolist() == list(prefix_ids):
         kwargs["past_key_values"] = prefix_kv(models, lm, list(prefix_ids)).fresh_copy()
         reused = len(prefix_ids)
     kwargs.update(extra or {})
-    started = time.perf_counter()
     streamer.started = started
-    if sampling.num_beams > 1:  # beams cannot stream: transformers refuses a streamer with beam search
-        if ctx is not None:
-            ctx.check_interrupted()
-        with torch.inference_mode(), seeded(sampling.seed, device):
+    assisted = reused and ("assistant_model" in kwargs or "prompt_lookup_num_tokens" in kwargs)
+    with torch.inference_mode(), seeded(sampling.seed, device), \
+            (prefilled_first_step(model) if assisted else contextlib.nullcontext()):
+        if sampling.num_beams > 1:  # beams cannot stream: transformers refuses a streamer with beam search
+            if ctx is not None:
+                ctx.check_interrupted()
             output = model.generate(**kwargs)
-    else:
-        with torch.inference_mode(), seeded(sampling.seed, device):
+        else:
             output = model.generate(**kwargs, streamer=streamer)
     seconds = time.perf_counter() - started
     sequences = output if isinstance(output, torch.Tensor) else output.sequences
@@ -254,7 +287,8 @@ def generate(lm: Any, inputs: dict[str, Any], sampling: Sampling, ctx: Any = Non
     if not streamer.tokens:
         streamer.tokens = list(ids)
     streamer.end()
-    first = None if streamer.first_token_at is None else streamer.first_token_at - started
+    since = started if requested_at is None else min(requested_at, started)
+    first = None if streamer.first_token_at is None else streamer.first_token_at - since
     return GenerationResult(text=text, token_ids=ids, seconds=seconds, first_token_seconds=first,
                             prefix_tokens_reused=reused)
 

@@ -52,6 +52,8 @@ class LanguageModel:
     options: LoadOptions = field(default_factory=LoadOptions)
     key: tuple = ()
     skipped_modules: tuple[str, ...] = ()
+    rendered_heads: dict[str, list[int]] = field(default_factory=dict, repr=False, compare=False)
+    """Token ids of system prompts rendered alone by the chat template (the reusable prefix), per prompt."""
 
     @property
     def model_type(self) -> str:

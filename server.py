@@ -108,6 +108,17 @@ def build_paths(args: argparse.Namespace):
     return paths
 
 
+def default_registry(paths):
+    """The node registry of this server: the built-in packs (``nodes.PACKS``) plus custom nodes.
+
+    This is the one place the runtime meets the node packs: graph_runtime never imports nodes/.
+    """
+    import nodes
+    from graph_runtime.registry import build_registry
+
+    return build_registry(nodes.PACKS, paths.custom_nodes_dirs)
+
+
 def build_options(args: argparse.Namespace):
     from graph_runtime.context import RuntimeOptions
 
@@ -148,10 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         from graph_runtime.cli import run_workflow_command
 
-        return run_workflow_command(args, build_paths(args), build_options(args))
+        paths = build_paths(args)
+        return run_workflow_command(args, paths, build_options(args), default_registry(paths))
     from web.app import serve
 
-    return serve(args, build_paths(args), build_options(args))
+    paths = build_paths(args)
+    return serve(args, paths, build_options(args), default_registry(paths))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ Euler's is σ_max·noise — with that start the chains are bit-exact, per ``tes
   256, 256, 4 steps, cfg 7.5, generator=cpu seed)``, default PIL output;
 * **executor** — the API prompt ``CheckpointLoaderSimple → CLIPTextEncode ×2 → EmptyLatentImage →
   KSampler(euler, normal, cfg 7.5) → VAEDecode → PreviewImage``, validated by ``PromptValidator`` and
-  run by ``graph_runtime.executor.Executor`` over ``build_registry()`` (all built-in packs);
+  run by ``graph_runtime.executor.Executor`` over ``build_registry(PACKS)`` (all built-in packs);
 * **http** — the same prompt POSTed to ``/prompt`` of a live ``web.app.create_app(Runtime(...))`` on
   127.0.0.1, waiting on the WebSocket for ``executing`` with ``node: null`` (previews included).
 
@@ -345,13 +345,14 @@ class ExecutorSide(Side):
         from graph_runtime.executor import Executor
         from graph_runtime.paths import FolderPaths
         from graph_runtime.registry import build_registry
+        from nodes import PACKS
         from graph_runtime.validation import PromptValidator
 
         self.size = size
         self.paths = FolderPaths(folder / "base")
         self.paths.ensure_dirs()
         options = RuntimeOptions(device="cpu")
-        registry = build_registry()
+        registry = build_registry(PACKS)
         self.validator = PromptValidator(registry, self.paths)
         self.executor = Executor(registry, self.paths, options=options)
         self.watch = Stopwatch()
@@ -428,11 +429,12 @@ class HttpSide(Side):
         from graph_runtime.context import RuntimeOptions
         from graph_runtime.paths import FolderPaths
         from graph_runtime.service import Runtime
+        from server import default_registry
 
         self.size = size
         self.paths = FolderPaths(folder / "base")
         options = RuntimeOptions(device="cpu")
-        self.runtime = Runtime(self.paths, options)
+        self.runtime = Runtime(self.paths, options, registry=default_registry(self.paths))
         self.watch = Stopwatch()
         preload(self.paths, self.runtime.models, options, self.watch)
         self.server = _Server(self.runtime)

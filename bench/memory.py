@@ -161,6 +161,7 @@ def two_checkpoints(workdir: Path, channels: tuple[int, ...], budget_mb: int | N
     from graph_runtime.executor import Executor
     from graph_runtime.paths import FolderPaths
     from graph_runtime.registry import build_registry
+    from nodes import PACKS
     from graph_runtime.validation import PromptValidator
     from models.tools.sized_models import write_sd15_checkpoint
 
@@ -173,7 +174,7 @@ def two_checkpoints(workdir: Path, channels: tuple[int, ...], budget_mb: int | N
             sizes[name] = write_sd15_checkpoint(ckpts / name, channels, seed)
     gc.collect()
     options = RuntimeOptions(device="cpu", model_budget_bytes=None if budget_mb is None else budget_mb << 20)
-    registry = build_registry()
+    registry = build_registry(PACKS)
     executor = Executor(registry, paths, options=options)
     prompt = {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "a.safetensors"}},

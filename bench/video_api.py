@@ -33,6 +33,7 @@ import yaml  # noqa: E402
 from graph_runtime.context import RuntimeOptions  # noqa: E402
 from graph_runtime.paths import FolderPaths  # noqa: E402
 from graph_runtime.service import Runtime  # noqa: E402
+from server import default_registry  # noqa: E402
 from tests.fake_providers import FakeRunway, settings_for  # noqa: E402
 
 CKPT = "tiny-sd15.safetensors"
@@ -106,14 +107,16 @@ def main(argv: list[str] | None = None) -> int:
     fake = FakeRunway(queued_s=0.0, running_s=args.render).start()
     try:
         # Phase A: the image prompts alone (after one warm-up prompt that loads the model).
-        rt = Runtime(make_base(tmp / "a", fake, models, args.poll), options)
+        base_a = make_base(tmp / "a", fake, models, args.poll)
+        rt = Runtime(base_a, options, registry=default_registry(base_a))
         rt.start()
         run_all(rt, [("image", image_prompt(-1))], 600)
         image_work, _ = run_all(rt, [("image", image_prompt(i)) for i in range(args.images)], 3600)
         rt.stop()
 
         # Phase B: interleaved, in a fresh runtime (same warm-up).
-        rt = Runtime(make_base(tmp / "b", fake, models, args.poll), options)
+        base_b = make_base(tmp / "b", fake, models, args.poll)
+        rt = Runtime(base_b, options, registry=default_registry(base_b))
         rt.start()
         run_all(rt, [("image", image_prompt(-1))], 600)
         submits_before = fake.submit_count

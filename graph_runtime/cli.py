@@ -21,7 +21,7 @@ from graph_runtime.file_hashes import FileHashes
 from graph_runtime.model_manager import manager_for
 from graph_runtime.node_info import object_info
 from graph_runtime.paths import FolderPaths
-from graph_runtime.registry import NodeRegistry, build_registry
+from graph_runtime.registry import NodeRegistry
 from graph_runtime.validation import PromptValidator
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -116,12 +116,11 @@ def written_files(report: ExecutionReport, paths: FolderPaths) -> list[Path]:
     return files
 
 
-def run_workflow(path: Path, paths: FolderPaths, options: RuntimeOptions, *, overrides: list[str] = (),
-                 registry: NodeRegistry | None = None, progress: bool = True,
+def run_workflow(path: Path, paths: FolderPaths, options: RuntimeOptions, *, registry: NodeRegistry,
+                 overrides: list[str] = (), progress: bool = True,
                  out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     """Run one workflow file; returns the process exit code."""
     paths.ensure_dirs()
-    registry = registry if registry is not None else build_registry(custom_dirs=paths.custom_nodes_dirs)
     try:
         prompt, ui_workflow = load_api_prompt(path, registry, paths)
         prompt = apply_overrides(prompt, list(overrides))
@@ -166,5 +165,7 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def run_workflow_command(args: argparse.Namespace, paths: FolderPaths, options: RuntimeOptions) -> int:
-    return run_workflow(args.workflow, paths, options, overrides=args.overrides, progress=not args.quiet)
+def run_workflow_command(args: argparse.Namespace, paths: FolderPaths, options: RuntimeOptions,
+                         registry: NodeRegistry) -> int:
+    return run_workflow(args.workflow, paths, options, registry=registry, overrides=args.overrides,
+                        progress=not args.quiet)

@@ -128,12 +128,12 @@ class NodeRegistry:
         self.failures.append(PackFailure(name, f"{type(exc).__name__}: {exc}", tb))
 
 
-def build_registry(packs: Iterable[str] | None = None, custom_dirs: Iterable[Path] = ()) -> NodeRegistry:
-    """The registry of the built-in packs (``nodes.PACKS``) plus custom node directories."""
-    if packs is None:
-        import nodes
+def build_registry(packs: Iterable[str], custom_dirs: Iterable[Path] = ()) -> NodeRegistry:
+    """A registry of the given pack modules plus custom node directories.
 
-        packs = nodes.PACKS
+    The list of packs is the caller's choice: the composition root (``server.py``) passes the
+    built-in ``nodes.PACKS``; graph_runtime itself never imports ``nodes``.
+    """
     registry = NodeRegistry()
     for module_name in packs:
         registry.load_pack(module_name)

@@ -36,7 +36,7 @@ from graph_runtime.lanes import Lanes
 from graph_runtime.model_manager import PromptModels, manager_for, model_handles_in
 from graph_runtime.node_info import node_info, object_info
 from graph_runtime.paths import FolderPaths
-from graph_runtime.registry import NodeRegistry, build_registry
+from graph_runtime.registry import NodeRegistry
 from graph_runtime.validation import PromptError, PromptValidator, ValidationResult
 
 log = logging.getLogger(__name__)
@@ -99,11 +99,11 @@ class Runtime:
     """Registry, validator, store, executor and worker of one server or CLI run."""
 
     def __init__(self, paths: FolderPaths, options: RuntimeOptions | None = None, *,
-                 registry: NodeRegistry | None = None, db_path: Path | None = None) -> None:
+                 registry: NodeRegistry, db_path: Path | None = None) -> None:
         self.paths = paths
         self.options = options or RuntimeOptions()
         paths.ensure_dirs()
-        self.registry = registry if registry is not None else build_registry(custom_dirs=paths.custom_nodes_dirs)
+        self.registry = registry
         self.validator = PromptValidator(self.registry, paths, self.options)
         self.store = JobStore(db_path or paths.user_dir / "jobs.sqlite3")
         # The record of every job names the model files it used with their SHA-256 (hashed once

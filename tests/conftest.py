@@ -37,6 +37,7 @@ def runtime_object_info(tmp_path_factory) -> dict:
     """object_info of the full built-in registry (the corpus conversion tests run against it too)."""
     from graph_runtime.node_info import object_info
     from graph_runtime.registry import build_registry
+    from nodes import PACKS
 
     paths = FolderPaths(tmp_path_factory.mktemp("object-info-base"))
-    return object_info(build_registry(), paths)
+    return object_info(build_registry(PACKS), paths)

@@ -17,6 +17,7 @@ from PIL import Image
 
 from graph_runtime.paths import FolderPaths
 from graph_runtime.service import Runtime
+from server import default_registry
 from tests.conftest_models import link_models
 from tests.web_harness import LiveServer
 
@@ -39,7 +40,7 @@ def server(tiny_models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     link_models(tiny_models_dir, base / "models")
     paths = FolderPaths(base)
     paths.ensure_dirs()
-    live = LiveServer(Runtime(paths), probe_torch=False).start()
+    live = LiveServer(Runtime(paths, registry=default_registry(paths)), probe_torch=False).start()
     yield live
     live.stop()
 
@@ -206,7 +207,7 @@ def first_start(tiny_models_dir: Path, tmp_path: Path) -> Iterable[tuple[LiveSer
 
     paths = FolderPaths(tmp_path / "first-start")
     paths.ensure_dirs()
-    runtime = Runtime(paths)
+    runtime = Runtime(paths, registry=default_registry(paths))
     gate = threading.Event()
 
     def writer(target: Path) -> None:
@@ -281,7 +282,7 @@ def test_the_frontend_works_with_a_token_in_the_url(browser: Any, tiny_models_di
     token = "browser-token-0123456789abcdef"
     (paths.user_dir / TOKENS_FILE).write_text(_json.dumps({token: "ada"}))
     auth = AuthSettings.configure(paths.user_dir, required=True, multi_user=True)
-    server = LiveServer(Runtime(paths), probe_torch=False, auth=auth).start()
+    server = LiveServer(Runtime(paths, registry=default_registry(paths)), probe_torch=False, auth=auth).start()
     page = Page(browser, server)
     try:
         refused = page.page.goto(server.url + "/")

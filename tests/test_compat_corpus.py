@@ -17,6 +17,7 @@ from graph_runtime.cli import EXIT_OK, run_workflow
 from graph_runtime.context import RuntimeOptions
 from graph_runtime.paths import FolderPaths
 from graph_runtime.registry import build_registry
+from nodes import PACKS
 from tests.compat_corpus import WHERE, copy_corpus_png, corpus_workflows, needs_corpus, tiny_overrides
 
 WORKFLOWS = corpus_workflows()
@@ -24,7 +25,7 @@ WORKFLOWS = corpus_workflows()
 
 @pytest.fixture(scope="module")
 def full_registry():
-    registry = build_registry()
+    registry = build_registry(PACKS)
     assert registry.failures == [], [f.traceback for f in registry.failures]
     return registry
 

@@ -19,6 +19,7 @@ from graph_runtime.context import RuntimeOptions
 from graph_runtime.device_memory import process_rss
 from graph_runtime.paths import FolderPaths
 from graph_runtime.service import Runtime
+from server import default_registry
 from tests.web_harness import LiveServer
 
 MB = 1 << 20
@@ -79,7 +80,8 @@ def _unet_of(runtime: Runtime, name: str):
 
 def test_free_releases_the_models_memory(tmp_path, sized_checkpoints):
     sized, unet_bytes = sized_checkpoints
-    runtime = Runtime(_base(tmp_path, sized), RuntimeOptions(device="cpu"))
+    paths = _base(tmp_path, sized)
+    runtime = Runtime(paths, RuntimeOptions(device="cpu"), registry=default_registry(paths))
     server = LiveServer(runtime, probe_torch=False).start()
     try:
         before = _settled_rss()
@@ -110,7 +112,8 @@ def test_free_releases_the_models_memory(tmp_path, sized_checkpoints):
 def test_lru_eviction_under_a_budget_releases_the_older_model(tmp_path, sized_checkpoints):
     sized, unet_bytes = sized_checkpoints
     budget = int(unet_bytes * 1.5)  # room for one checkpoint, not two
-    runtime = Runtime(_base(tmp_path, sized), RuntimeOptions(device="cpu", model_budget_bytes=budget))
+    paths = _base(tmp_path, sized)
+    runtime = Runtime(paths, RuntimeOptions(device="cpu", model_budget_bytes=budget), registry=default_registry(paths))
     server = LiveServer(runtime, probe_torch=False).start()
     try:
         first = server.wait_history(server.queue(txt2img("mid-a.safetensors", 1)))

@@ -25,6 +25,7 @@ from graph_runtime.context import NodeContext, NodeError, RuntimeOptions
 from graph_runtime.model_manager import ModelManager
 from graph_runtime.paths import FolderPaths
 from graph_runtime.registry import build_registry
+from nodes import PACKS
 from graph_runtime.validation import PromptValidator
 from nodes import conditioning as C
 from nodes import loaders as L
@@ -172,7 +173,7 @@ def _quantize_prompt(method: str) -> dict:
 
 def test_refused_methods_are_refused_at_validation(setup):
     ctx, _ = setup
-    registry = build_registry()
+    registry = build_registry(PACKS)
     ok = PromptValidator(registry, ctx.paths, RuntimeOptions(device="cpu")).validate(_quantize_prompt("bnb_nf4"))
     assert ok.ok, ok.node_errors
     mps = PromptValidator(registry, ctx.paths, RuntimeOptions(device="mps")).validate(_quantize_prompt("fp8_e4m3fn"))

@@ -14,6 +14,7 @@ from graph_runtime import file_hashes
 from graph_runtime.context import RuntimeOptions
 from graph_runtime.paths import FolderPaths
 from graph_runtime.service import Runtime
+from server import default_registry
 
 REPO = Path(__file__).resolve().parent.parent
 WORKFLOW = json.loads((REPO / "workflows" / "default_sd15.json").read_text())
@@ -23,7 +24,8 @@ def test_png_and_history_carry_the_record(tiny_base_dir: Path, monkeypatch) -> N
     hashed: list[str] = []
     real = file_hashes.sha256_of_file
     monkeypatch.setattr(file_hashes, "sha256_of_file", lambda path: hashed.append(Path(path).name) or real(path))
-    runtime = Runtime(FolderPaths(tiny_base_dir), RuntimeOptions(device="cpu"))
+    paths = FolderPaths(tiny_base_dir)
+    runtime = Runtime(paths, RuntimeOptions(device="cpu"), registry=default_registry(paths))
     runtime.start()
     try:
         ids = []

@@ -15,6 +15,7 @@ import pytest
 from graph_runtime.executor import Executor
 from graph_runtime.node_info import object_info
 from graph_runtime.registry import build_registry
+from nodes import PACKS
 from graph_runtime.validation import PromptValidator
 from graph_runtime.workflow_files.ui_to_api import convert_ui_to_api
 
@@ -23,7 +24,7 @@ WORKFLOW = Path(__file__).resolve().parents[1] / "workflows" / "default_sd15.jso
 
 @pytest.fixture(scope="module")
 def registry():
-    return build_registry()
+    return build_registry(PACKS)
 
 
 def default_prompt(registry, paths) -> dict:

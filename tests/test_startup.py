@@ -14,7 +14,8 @@ REPO = Path(__file__).resolve().parent.parent
 CHECK = """
 import sys
 from graph_runtime.registry import build_registry
-registry = build_registry()
+from nodes import PACKS
+registry = build_registry(PACKS)
 assert not registry.failures, [f.traceback for f in registry.failures]
 heavy = sorted(m for m in ("torch", "diffusers", "transformers", "controlnet_aux", "spandrel", "cv2")
                if m in sys.modules)

@@ -107,6 +107,46 @@ def test_greedy_text_generate_equals_transformers_generate(te_paths: FolderPaths
     assert rec.texts, "tokens were not streamed to the node"
 
 
+def test_qwen25_vl_file_sees_images_like_transformers(te_paths: FolderPaths, manager: ModelManager) -> None:
+    """The Qwen2.5-VL file's vision tower runs: two images in TextGenerate's autogrow slots give exactly what
+    transformers' Qwen2.5-VL (built from the file's source config) generates with its processor."""
+    import numpy as np
+    from transformers import (Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor, Qwen2VLImageProcessor,
+                              Qwen2VLVideoProcessor)
+
+    from models.tools.tiny_text_encoders import configs, qwen25_vl_config
+
+    name = "tiny-qwen2.5-vl-te.safetensors"
+    clip = load_clip(te_paths, manager, name)
+    rng = np.random.default_rng(3)
+    pictures = [rng.integers(0, 256, (84, 112, 3), dtype=np.uint8), rng.integers(0, 256, (56, 140, 3), dtype=np.uint8)]
+    tensors = [torch.from_numpy(p.astype(np.float32) / 255.0)[None] for p in pictures]
+    text, _ = TextGenerate().execute(make_ctx(te_paths, manager), clip, prompt="What differs?", max_length=10,
+                                     sampling_mode="off", **{"images.image_0": tensors[0], "images.image_1": tensors[1]})
+    tok = clip.language_model().tokenizer
+    model = Qwen2_5_VLForConditionalGeneration(qwen25_vl_config(configs(0)[name])).eval()
+    sd = model_files.load(te_paths.model_path("text_encoders", name))
+    model.load_state_dict({("model." + k if k.startswith("visual.") else "model.language_model." + k[6:]): v.float()
+                           for k, v in sd.items()}, strict=False)
+    model.tie_weights()
+    sizes = dict(patch_size=14, merge_size=2, temporal_patch_size=2)
+    processor = Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(**sizes), tokenizer=tok,
+                                    video_processor=Qwen2VLVideoProcessor(**sizes))
+    vision = "<|vision_start|><|image_pad|><|vision_end|>"
+    prompt = (f"<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n{vision}{vision}"
+              "What differs?<|im_end|>\n<|im_start|>assistant\n")
+    from nodes.image import tensor_to_pil
+
+    enc = processor(text=[prompt], images=[tensor_to_pil(t[0]).convert("RGB") for t in tensors], return_tensors="pt")
+    with torch.inference_mode():
+        out = model.generate(**enc, max_new_tokens=10, do_sample=False, eos_token_id=[151645, 151643])
+    expected = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    assert text == expected and text
+    without, _ = TextGenerate().execute(make_ctx(te_paths, manager), clip, prompt="What differs?", max_length=10,
+                                        sampling_mode="off")
+    assert without != text  # the pictures reach the model
+
+
 def test_second_call_reuses_the_system_prompt_cache_with_the_same_output(te_paths: FolderPaths) -> None:
     manager = ModelManager()
     clip = load_clip(te_paths, manager, "tiny-qwen3-te.safetensors")
@@ -171,7 +211,12 @@ def test_errors_name_the_input(te_paths: FolderPaths, manager: ModelManager, tmp
     with pytest.raises(NodeError) as err:
         TextGenerate().execute(make_ctx(te_paths, manager), clip, prompt="hi", sampling_mode="off",
                                **{"images.image_0": torch.zeros(1, 8, 8, 3)})
-    assert err.value.input_name == "images" and "text-only" in str(err.value)
+    assert err.value.input_name == "images" and "text only" in str(err.value)
+    with pytest.raises(NodeError) as err:
+        TextGenerate().execute(make_ctx(te_paths, manager), load_clip(te_paths, manager,
+                                                                      "tiny-qwen2.5-vl-te.safetensors"),
+                               prompt="hi", sampling_mode="off", video=torch.zeros(4, 8, 8, 3))
+    assert err.value.input_name == "video"
     # a quantized (int8 / w4a8) Qwen3 file is refused by name, not loaded wrongly
     tensors = model_files.load(te_paths.model_path("text_encoders", "tiny-qwen3-te.safetensors"))
     tensors["model.layers.0.mlp.down_proj.weight_scale"] = torch.ones(1)

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from graph_runtime.paths import FolderPaths
 from graph_runtime.registry import build_registry
+from nodes import PACKS
 from graph_runtime.service import Runtime
 from graph_runtime.workflow_files.ui_to_api import convert_ui_to_api
 from tests.conftest_models import link_models
@@ -27,7 +28,7 @@ def server(tiny_models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     link_models(tiny_models_dir, base / "models")
     paths = FolderPaths(base)
     paths.ensure_dirs()
-    live = LiveServer(Runtime(paths, registry=build_registry()), probe_torch=False).start()  # starts the worker
+    live = LiveServer(Runtime(paths, registry=build_registry(PACKS)), probe_torch=False).start()  # starts the worker
     yield live
     live.stop()
 

@@ -141,10 +141,11 @@ IMPORT_PROBE = """
 import sys
 from graph_runtime.paths import FolderPaths
 from graph_runtime.registry import build_registry
+from nodes import PACKS
 from graph_runtime.service import Runtime
 from web.app import create_app
 packs = {packs}
-registry = build_registry(packs=packs) if packs is not None else build_registry()
+registry = build_registry(packs=packs) if packs is not None else build_registry(PACKS)
 runtime = Runtime(FolderPaths(sys.argv[1]), registry=registry)
 create_app(runtime)
 heavy = [m for m in ("torch", "diffusers", "transformers", "safetensors") if m in sys.modules]

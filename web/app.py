@@ -194,7 +194,7 @@ def process_start_time() -> float:
         return time.time()
 
 
-def serve(args: Any, paths: Any, options: Any) -> int:
+def serve(args: Any, paths: Any, options: Any, registry: Any) -> int:
     """``server.py serve``: run the server until SIGINT/SIGTERM; returns the exit code."""
     from graph_runtime.service import Runtime
 
@@ -214,7 +214,7 @@ def serve(args: Any, paths: Any, options: Any) -> int:
     except TokenFileError as exc:
         log.error("cannot read the tokens: %s", exc)
         return 2
-    runtime = Runtime(paths, options)
+    runtime = Runtime(paths, options, registry=registry)
     for failure in runtime.registry.failures:
         log.error("node pack %s failed to load: %s", failure.name, failure.error)
     max_upload = int(float(getattr(args, "max_upload_size", 100)) * 1024 * 1024)

@@ -5,8 +5,9 @@ transformers' tensor names (``model.embed_tokens.weight``, ``model.layers.N…``
 only when untied), bf16 like the released files, a stand-in vision tower beside the language model,
 and no config (the loader reads the architecture from the shapes):
 
-* ``tiny-qwen2.5-vl-te.safetensors``: the Qwen2 language model of Qwen2.5-VL (q/k/v biases,
-  tied embeddings, ``visual.*`` tensors); the real Qwen tokenizer's 151,669 tokens fit its vocab.
+* ``tiny-qwen2.5-vl-te.safetensors``: Qwen2.5-VL — its Qwen2 language model (q/k/v biases, tied
+  embeddings) as ``model.*`` and a real vision tower as ``visual.*`` (:data:`QWEN25_VISION`); the real
+  Qwen tokenizer's 151,669 tokens fit its vocab.
 * ``tiny-qwen3-te.safetensors``: Qwen3 (``q_norm``/``k_norm``, head size ≠ hidden / heads,
   an untied ``lm_head``).
 * ``tiny-gemma3-te.safetensors``: Gemma-3 (four norms per block, sliding + full attention layers,
@@ -36,6 +37,25 @@ def _seeded(seed: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
+
+
+QWEN25_VISION = dict(depth=2, hidden_size=80, intermediate_size=64, out_hidden_size=32, num_heads=1, patch_size=14,
+                     spatial_merge_size=2, temporal_patch_size=2, window_size=112, fullatt_block_indexes=[],
+                     in_channels=3)
+"""The tiny Qwen2.5-VL vision tower (heads of 80 like the real one; full attention every 8th block: none here)."""
+QWEN_VISION_TOKENS = {"image_token_id": 151655, "video_token_id": 151656, "vision_start_token_id": 151652,
+                      "vision_end_token_id": 151653}
+"""The real Qwen tokenizer's ids of ``<|image_pad|>``, ``<|video_pad|>``, ``<|vision_start|>``, ``<|vision_end|>``."""
+
+
+def qwen25_vl_config(text: object) -> object:
+    """The whole tiny Qwen2.5-VL: ``text`` (a Qwen2Config) with 3-D rope, and :data:`QWEN25_VISION`."""
+    from transformers import Qwen2_5_VLConfig
+
+    text_dict = text.to_dict()
+    text_dict["rope_parameters"] = {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 1e6}
+    return Qwen2_5_VLConfig(text_config=text_dict, vision_config=dict(QWEN25_VISION), tie_word_embeddings=True,
+                            **QWEN_VISION_TOKENS)
 
 
 def configs(gemma_vocab: int) -> dict[str, object]:
@@ -90,8 +110,16 @@ def gemma_spiece_model(vocab_size: int = 480) -> bytes:
 
 
 def _language_state(model: torch.nn.Module, tied: bool) -> dict[str, torch.Tensor]:
-    sd = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in model.state_dict().items()
-          if not k.endswith("inv_freq")}
+    """The model's tensors under ComfyUI's single-file names (a VL model's halves un-nested), in bf16."""
+    sd = {}
+    for k, v in model.state_dict().items():
+        if k.endswith("inv_freq"):
+            continue
+        if k.startswith("model.visual."):
+            k = k[len("model."):]
+        elif k.startswith("model.language_model."):
+            k = "model." + k[len("model.language_model."):]
+        sd[k] = v.detach().to(torch.bfloat16).contiguous()
     if tied:
         sd.pop("lm_head.weight", None)
     return sd
@@ -105,7 +133,7 @@ def _vision_stand_in(prefixes: dict[str, tuple[int, ...]], seed: int) -> dict[st
 def write_tiny_text_encoders(models_dir: Path) -> list[Path]:
     """Write the three tiny LLM text encoders under ``models_dir/text_encoders``."""
     from safetensors.torch import save_file
-    from transformers import Gemma3ForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM
+    from transformers import Gemma3ForCausalLM, Qwen2_5_VLForConditionalGeneration, Qwen3ForCausalLM
 
     folder = Path(models_dir) / "text_encoders"
     folder.mkdir(parents=True, exist_ok=True)
@@ -113,16 +141,14 @@ def write_tiny_text_encoders(models_dir: Path) -> list[Path]:
     from nodes.language.text_encoders.tokenizers import gemma_tokenizer
 
     cfgs = configs(gemma_vocab=len(gemma_tokenizer(spiece)))
-    classes = {"tiny-qwen2.5-vl-te.safetensors": Qwen2ForCausalLM, "tiny-qwen3-te.safetensors": Qwen3ForCausalLM,
-               "tiny-gemma3-te.safetensors": Gemma3ForCausalLM}
-    vision = {"tiny-qwen2.5-vl-te.safetensors": {"visual.patch_embed.proj.weight": (16, 3, 2, 14, 14),
-                                                 "visual.merger.mlp.2.weight": (32, 64)},
-              "tiny-gemma3-te.safetensors": {"vision_model.embeddings.patch_embedding.weight": (16, 3, 14, 14),
+    builders = {"tiny-qwen2.5-vl-te.safetensors": lambda c: Qwen2_5_VLForConditionalGeneration(qwen25_vl_config(c)),
+                "tiny-qwen3-te.safetensors": Qwen3ForCausalLM, "tiny-gemma3-te.safetensors": Gemma3ForCausalLM}
+    vision = {"tiny-gemma3-te.safetensors": {"vision_model.embeddings.patch_embedding.weight": (16, 3, 14, 14),
                                              "multi_modal_projector.mm_input_projection_weight": (16, 32)}}
     written = []
     for i, (name, cfg) in enumerate(cfgs.items()):
         with _seeded(SEED + i):
-            model = classes[name](cfg).eval()
+            model = builders[name](cfg).eval()
         sd = _language_state(model, cfg.tie_word_embeddings)
         sd.update(_vision_stand_in(vision.get(name, {}), SEED + 100 + i))
         if name.startswith("tiny-gemma3"):

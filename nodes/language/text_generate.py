@@ -9,8 +9,9 @@ to the node as they are generated, and the KV cache of a system prompt is reused
 Sampling follows ComfyUI's node: ``off`` is greedy with no penalties; ``on`` samples with
 temperature, top-k, top-p and min-p (transformers' warpers), and the repetition and presence
 penalties act on the tokens generated so far, as ComfyUI's do.  ``mtp`` (a checkpoint's
-multi-token-prediction head) has no effect: transformers models loaded here have none.  This path is
-text-only: the vision tower stays in the file, so an image, video or audio input is refused.
+multi-token-prediction head) has no effect: transformers models loaded here have none.  Images work
+with Qwen2.5-VL files (their vision tower is loaded); Qwen3 and Gemma-3 run text-only here, and video
+and audio inputs are refused, each by name.
 """
 from __future__ import annotations
 
@@ -72,15 +73,26 @@ class TextGenerate(Node):
         images = gather("images", dynamic)
         if dynamic.get("image") is not None:  # workflows saved before the autogrow input had one "image"
             images["image"] = dynamic["image"]
+        sees = clip.layout.vision is not None
         for name, value in (("images", images or None), ("video", video), ("audio", audio)):
-            if value is not None:
-                raise NodeError(f"{name}: this {clip.layout.name} text encoder runs text-only here (its vision "
-                                f"tower is not loaded); disconnect {name}, or describe pictures with VLMCaption "
-                                f"on a VLM folder", input_name=name)
+            if value is not None and (name != "images" or not sees):
+                what = "images" if sees else "text"
+                raise NodeError(f"{name}: this {clip.layout.name} text encoder takes {what} only here"
+                                f"{'' if sees else ' (its vision tower is not loaded)'}; disconnect {name}"
+                                f"{'' if sees else ', or describe pictures with VLMCaption on a VLM folder'}",
+                                input_name=name)
         mode = gather("sampling_mode", {"sampling_mode": sampling_mode, **dynamic})
-        result = generate_text(ctx, clip, prompt, max_length, mode, thinking=thinking,
-                               use_default_template=use_default_template, system_prompt=system_prompt or "")
-        return result
+        from nodes.vision_language.captioning import tensor_images
+
+        pictures = [p for key in sorted(images, key=_slot_order) for p in tensor_images(images[key])]
+        return generate_text(ctx, clip, prompt, max_length, mode, thinking=thinking,
+                             use_default_template=use_default_template, system_prompt=system_prompt or "",
+                             pictures=pictures)
+
+
+def _slot_order(name: str) -> tuple[int, str]:
+    digits = "".join(c for c in name if c.isdigit())
+    return (int(digits) if digits else -1, name)
 
 
 def sampling_from_mode(mode: dict[str, Any], max_length: int) -> tuple[Any, float, float]:
@@ -118,7 +130,8 @@ class GeneratedTokenPenalty:
 
 
 def generate_text(ctx: NodeContext, clip: Any, prompt: str, max_length: int, mode: dict[str, Any], *,
-                  thinking: bool, use_default_template: bool, system_prompt: str) -> tuple[str, str]:
+                  thinking: bool, use_default_template: bool, system_prompt: str,
+                  pictures: list[Any] | None = None) -> tuple[str, str]:
     """Render, tokenize and generate; returns ``(generated_text, thinking)`` as ComfyUI's node splits them."""
     import time
 
@@ -130,20 +143,26 @@ def generate_text(ctx: NodeContext, clip: Any, prompt: str, max_length: int, mod
 
     lm = clip.language_model()
     requested_at = time.perf_counter()
+    pictures = pictures or []
     text, head = render(clip.family, prompt, system_prompt=system_prompt, thinking=thinking,
-                        use_default_template=use_default_template)
+                        use_default_template=use_default_template, images=len(pictures))
     tok = lm.tokenizer
     special = not use_default_template  # the templates write their own <bos>
-    ids = tok(text, add_special_tokens=special)["input_ids"]
+    if pictures:  # the processor expands each placeholder to its image's tokens
+        encoded = dict(lm.processor(text=[text], images=pictures, return_tensors="pt"))
+        ids = encoded["input_ids"][0].tolist()
+    else:
+        encoded = {}
+        ids = tok(text, add_special_tokens=special)["input_ids"]
     prefix: list[int] = []
-    if head:
+    if head and not pictures:  # image positions (3-D rope) are computed over the whole prompt: no reuse
         head_ids = tok(head, add_special_tokens=special)["input_ids"]
         prefix = ids[:common_prefix_length(ids, head_ids)]
     sampling, repetition, presence = sampling_from_mode(mode, max_length)
     extra: dict[str, Any] = {}
     if repetition != 1.0 or presence:
         extra["logits_processor"] = LogitsProcessorList([GeneratedTokenPenalty(len(ids), repetition, presence)])
-    inputs = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
+    inputs = encoded or {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
     result = generate(lm, inputs, sampling, ctx, prefix_ids=prefix, models=ctx.models,
                       decode=thinking_decoder(tok), extra=extra, requested_at=requested_at)
     ctx.record(new_tokens=len(result.token_ids), tokens_per_second=round(result.tokens_per_second, 2),

@@ -38,6 +38,28 @@ upcast at load time."""
 VISION_PREFIXES = ("visual.", "model.visual.", "vision_model.", "multi_modal_projector.", "vision_tower.")
 
 
+@dataclass(frozen=True)
+class VisionLayout:
+    """Qwen2.5-VL's vision tower (``visual.*``), sizes from the weights; heads of 80, full attention every
+    8th block and 112-pixel windows are the family's constants (Qwen2.5-VL 3B/7B/32B/72B)."""
+
+    hidden_size: int
+    depth: int
+    intermediate_size: int
+    out_hidden_size: int
+    patch_size: int
+    temporal_patch_size: int
+    spatial_merge_size: int
+
+    @property
+    def num_heads(self) -> int:
+        return max(1, self.hidden_size // 80)
+
+    @property
+    def fullatt_block_indexes(self) -> list[int]:
+        return [i for i in range(self.depth) if (i + 1) % 8 == 0]
+
+
 class LayoutError(Exception):
     """A language-model text encoder this loader cannot run (the message says why and what to use)."""
 
@@ -57,6 +79,8 @@ class EncoderLayout:
     tied: bool
     has_vision: bool
     spiece_model: bool = False
+    vision: VisionLayout | None = None
+    """The vision tower we run (Qwen2.5-VL); other families' towers stay in the file."""
     config_extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -121,10 +145,32 @@ def detect(shapes: Shapes) -> EncoderLayout | None:
         intermediate_size=int(gate[0]), num_heads=q_out // head_dim, num_kv_heads=k_out // head_dim,
         head_dim=head_dim, tied="lm_head.weight" not in shapes,
         has_vision=any(k.startswith(VISION_PREFIXES) for k in shapes),
-        spiece_model="spiece_model" in shapes)
+        spiece_model="spiece_model" in shapes, vision=qwen_vision(shapes) if family == QWEN25_VL else None)
 
 
-def language_keys(shapes: Shapes) -> list[str]:
-    """The tensors of the language model (what text generation loads): ``model.*`` and ``lm_head.*``."""
+_VISION_BLOCK = re.compile(r"^visual\.blocks\.(\d+)\.")
+
+
+def qwen_vision(shapes: Shapes) -> VisionLayout | None:
+    """Qwen2.5-VL's vision tower read from ``visual.*`` (None when the file has none or an unknown one)."""
+    patch = shapes.get("visual.patch_embed.proj.weight")
+    gate = shapes.get("visual.blocks.0.mlp.gate_proj.weight")
+    merger_in = shapes.get("visual.merger.mlp.0.weight")
+    merger_out = shapes.get("visual.merger.mlp.2.weight")
+    if not (patch and gate and merger_in and merger_out) or len(patch) != 5:
+        return None
+    hidden = int(patch[0])
+    merge = math.isqrt(int(merger_in[1]) // hidden)
+    if merge * merge * hidden != merger_in[1]:
+        return None
+    depth = 1 + max(int(m.group(1)) for k in shapes if (m := _VISION_BLOCK.match(k)))
+    return VisionLayout(hidden_size=hidden, depth=depth, intermediate_size=int(gate[0]),
+                        out_hidden_size=int(merger_out[0]), patch_size=int(patch[3]),
+                        temporal_patch_size=int(patch[2]), spatial_merge_size=merge)
+
+
+def language_keys(shapes: Shapes, with_vision: bool = False) -> list[str]:
+    """The tensors text generation loads: ``model.*`` and ``lm_head.*`` (plus ``visual.*`` when the vision
+    tower runs too)."""
     return [k for k in shapes if (k.startswith("model.") and not k.startswith("model.visual."))
-            or k.startswith("lm_head.")]
+            or k.startswith("lm_head.") or (with_vision and k.startswith("visual."))]

@@ -1,9 +1,10 @@
 """Load a single-file LLM text encoder as a transformers causal LM, and the CLIP value that carries it.
 
 The config comes from the file's shapes (:mod:`.layouts`), the tokenizer from
-:mod:`.tokenizers`; the weights of the language model are read from the file (the vision tower is
-left on disk: text generation here is text-only) and assigned into a model built on the meta
-device, so nothing is allocated twice.  ComfyUI's "fp8 scaled" storage is upcast on the way.
+:mod:`.tokenizers`; the weights are read from the file and assigned into a model built on the meta
+device, so nothing is allocated twice.  Qwen2.5-VL files load with their vision tower
+(``Qwen2_5_VLForConditionalGeneration`` and its image processor), so ``TextGenerate`` takes images;
+the other families' towers stay on disk (text only).  ComfyUI's "fp8 scaled" storage is upcast on the way.
 The model lives in the model manager like every other model (a handle, evictable, reloaded on use).
 """
 from __future__ import annotations
@@ -47,6 +48,8 @@ def transformers_config(layout: EncoderLayout, tokenizer: Any) -> Any:
                   num_attention_heads=layout.num_heads, num_key_value_heads=layout.num_kv_heads,
                   rms_norm_eps=1e-6, tie_word_embeddings=layout.tied, pad_token_id=tokenizer.pad_token_id,
                   eos_token_id=stop_token_ids(layout, tokenizer), bos_token_id=tokenizer.bos_token_id)
+    if layout.family == QWEN25_VL and layout.vision is not None:
+        return qwen25_vl_config(layout, tokenizer, common)
     if layout.family == QWEN25_VL:
         from transformers import Qwen2Config
 
@@ -76,6 +79,58 @@ def transformers_config(layout: EncoderLayout, tokenizer: Any) -> Any:
     raise LayoutError(f"no transformers architecture for {layout.family}")  # pragma: no cover
 
 
+def mrope_section(head_dim: int) -> list[int]:
+    """Qwen2.5-VL's split of the rotary half-head over time / height / width (16, 24, 24 of 64)."""
+    half = head_dim // 2
+    t = half // 4
+    h = (half - t) // 2
+    return [t, h, half - t - h]
+
+
+def qwen25_vl_config(layout: EncoderLayout, tokenizer: Any, common: dict[str, Any]) -> Any:
+    """Qwen2.5-VL with its vision tower: the language sizes of ``layout``, the tower's from ``layout.vision``."""
+    from transformers import Qwen2_5_VLConfig
+
+    v = layout.vision
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in
+           ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")}
+    text = dict(common, max_position_embeddings=128000,
+                rope_parameters={"rope_type": "default", "mrope_section": mrope_section(layout.head_dim),
+                                 "rope_theta": 1e6})
+    vision = dict(depth=v.depth, hidden_size=v.hidden_size, intermediate_size=v.intermediate_size,
+                  out_hidden_size=v.out_hidden_size, num_heads=v.num_heads, patch_size=v.patch_size,
+                  spatial_merge_size=v.spatial_merge_size, temporal_patch_size=v.temporal_patch_size,
+                  window_size=112, fullatt_block_indexes=v.fullatt_block_indexes, in_channels=3)
+    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
+                            video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+                            vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=layout.tied)
+
+
+def qwen25_vl_processor(layout: EncoderLayout, tokenizer: Any) -> Any:
+    """The image processor Qwen2.5-VL uses (patches of 14, 2×2 merge), with the file's tokenizer."""
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+
+    v = layout.vision
+    sizes = dict(patch_size=v.patch_size, merge_size=v.spatial_merge_size, temporal_patch_size=v.temporal_patch_size)
+    return Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(**sizes), tokenizer=tokenizer,
+                               video_processor=Qwen2VLVideoProcessor(**sizes))
+
+
+def to_transformers_names(tensors: dict[str, Any], layout: EncoderLayout) -> dict[str, Any]:
+    """ComfyUI's single-file names → the transformers model's (Qwen2.5-VL with its tower nests both halves)."""
+    if layout.vision is None:
+        return tensors
+    out = {}
+    for k, v in tensors.items():
+        if k.startswith("visual."):
+            out["model." + k] = v
+        elif k.startswith("model."):
+            out["model.language_model." + k[len("model."):]] = v
+        else:
+            out[k] = v
+    return out
+
+
 def stop_token_ids(layout: EncoderLayout, tokenizer: Any) -> list[int]:
     """Tokens that end a reply: ``<|im_end|>`` / ``<|endoftext|>`` (Qwen), ``<eos>`` / ``<end_of_turn>`` (Gemma)."""
     names = ("<eos>", "<end_of_turn>") if layout.family == GEMMA3 else ("<|im_end|>", "<|endoftext|>")
@@ -90,7 +145,10 @@ def stop_token_ids(layout: EncoderLayout, tokenizer: Any) -> list[int]:
 
 
 def _causal_lm_class(layout: EncoderLayout) -> Any:
-    from transformers import Gemma3ForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM
+    from transformers import Gemma3ForCausalLM, Qwen2_5_VLForConditionalGeneration, Qwen2ForCausalLM, Qwen3ForCausalLM
+
+    if layout.vision is not None:
+        return Qwen2_5_VLForConditionalGeneration
 
     return {QWEN25_VL: Qwen2ForCausalLM, QWEN3: Qwen3ForCausalLM, GEMMA3: Gemma3ForCausalLM}[layout.family]
 
@@ -104,7 +162,7 @@ def load_text_encoder_lm(path: Path, layout: EncoderLayout, shapes: dict, device
     from nodes.language.transformers_lm.catalog import ModelSource
     from nodes.language.transformers_lm.loading import LanguageModel
 
-    wanted = set(language_keys(shapes))
+    wanted = set(language_keys(shapes, with_vision=layout.vision is not None))
     if layout.spiece_model:
         wanted.add("spiece_model")
     tensors = model_files.load(path, lambda k: k in wanted or k.endswith((".scale_weight", ".scale_input"))
@@ -119,7 +177,8 @@ def load_text_encoder_lm(path: Path, layout: EncoderLayout, shapes: dict, device
     config = transformers_config(layout, tokenizer)
     with torch.device("meta"):
         model = _causal_lm_class(layout)(config)
-    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+    state = to_transformers_names({k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()},
+                                  layout)
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     missing = [k for k in missing if not (layout.tied and k == "lm_head.weight")]
     if missing or unexpected:
@@ -133,8 +192,9 @@ def load_text_encoder_lm(path: Path, layout: EncoderLayout, shapes: dict, device
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
         tokenizer.pad_token = tokenizer.eos_token
-    return LanguageModel(model=model, tokenizer=tokenizer, source=ModelSource(path.name, path.parent),
-                         key=("text-encoder-lm", str(path)))
+    processor = qwen25_vl_processor(layout, tokenizer) if layout.vision is not None else None
+    return LanguageModel(model=model, tokenizer=tokenizer, processor=processor,
+                         source=ModelSource(path.name, path.parent), key=("text-encoder-lm", str(path)))
 
 
 def _materialize_buffers(model: Any, config: Any) -> None:

@@ -122,6 +122,16 @@ class UNETLoader(Node):
               Combo("weight_dtype", WEIGHT_DTYPES, "default"))
     OUTPUTS = (Output("MODEL"),)
 
+    @classmethod
+    def validate_inputs(cls, weight_dtype: str = "default", options: Any = None) -> bool | str:
+        """fp8_e4m3fn_fast multiplies in fp8: refused at queue time where the device has no fp8 matmul."""
+        if weight_dtype != "fp8_e4m3fn_fast":
+            return True
+        from nodes.quantize.capabilities import fp8_matmul_refusal
+
+        refused = fp8_matmul_refusal(getattr(options, "device", "auto") if options is not None else "auto")
+        return True if refused is None else refused
+
     def execute(self, ctx: NodeContext, unet_name: str, weight_dtype: str = "default"):
         from nodes.diffusion.loading import load_diffusion_model
 

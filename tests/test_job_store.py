@@ -524,7 +524,7 @@ def test_claim_is_atomic_across_connections(tmp_path: Path) -> None:
             s.close()
 
 
-# ------------------------------------------------------------------ owners and notes (schema 2)
+# ------------------------------------------------------------------ owners and notes (schemas 2 and 3)
 
 def test_each_owner_sees_and_removes_only_their_jobs(store):
     for pid, owner in (("a1", "alice"), ("a2", "alice"), ("b1", "bob"), ("n1", None)):
@@ -581,7 +581,7 @@ def test_a_version_1_database_is_migrated_keeping_its_jobs(tmp_path):
         assert job.status is JobStatus.PENDING and job.owner is None and job.notes == {}
         add(s, "new", owner="alice")
         assert s.get("new").owner == "alice"
-    assert sqlite3.connect(db).execute("PRAGMA user_version").fetchone()[0] == 2
+    assert sqlite3.connect(db).execute("PRAGMA user_version").fetchone()[0] == 3
 
 
 # ------------------------------------------------------------------ the in-memory queue size
@@ -594,8 +594,8 @@ def test_queue_remaining_follows_every_state_change(tmp_path):
     import itertools
 
     files = itertools.count()
-    ops = st.lists(st.sampled_from(["enqueue", "claim", "finish", "cancel", "cancel_running", "delete", "clear",
-                                    "clear_history", "reopen"]), max_size=40)
+    ops = st.lists(st.sampled_from(["enqueue", "claim", "claim_id", "finish", "requeue", "cancel", "cancel_running",
+                                    "delete", "clear", "clear_history", "reopen"]), max_size=40)
 
     @settings(max_examples=60, deadline=None, database=None)
     @seed(7)
@@ -613,6 +613,10 @@ def test_queue_remaining_follows_every_state_change(tmp_path):
                     add(store, f"p{n}")
                 elif op == "claim" and (job := store.claim_next(timeout=0)) is not None:
                     running.append(job.prompt_id)
+                elif op == "claim_id" and pending and (job := store.claim(pending[-1])) is not None:
+                    running.append(job.prompt_id)  # a scheduler's pick (the Ray pool)
+                elif op == "requeue" and running:
+                    store.requeue(running.pop(0), reason="worker died")  # back to pending, or failed
                 elif op == "finish" and running:
                     store.finish(running.pop(0), JobStatus.SUCCEEDED, outputs={}, messages=[])
                 elif op == "cancel" and pending:
@@ -635,3 +639,36 @@ def test_queue_remaining_follows_every_state_change(tmp_path):
             store.close()
 
     check()
+
+
+# ------------------------------------------------------------------ a scheduler's claims (Ray pool)
+def test_claim_by_id_requeue_once_at_the_front_then_fail_as_worker_lost(store: JobStore) -> None:
+    """What the Ray pool does when a worker process dies under a prompt: the rule of a kill -9."""
+    for pid in ("a", "b", "c"):
+        add(store, pid)
+    add(store, "urgent", priority=5)
+    assert store.pending_order() == [("urgent", 5), ("a", 0), ("b", 0), ("c", 0)]
+    assert store.pending_order(2) == [("urgent", 5), ("a", 0)]
+
+    job = store.claim("b")  # a scheduler may pick any pending job (model affinity)
+    assert job is not None and job.status is JobStatus.RUNNING and job.attempts == 1
+    assert store.claim("b") is None and store.claim("nope") is None  # not pending (any more)
+    assert [pid for pid, _ in store.pending_order()] == ["urgent", "a", "c"]
+
+    # first death: back to pending, ahead of every job of its priority, behind higher priorities
+    assert store.requeue("b", reason="worker-1 died") is True
+    assert store.get("b").status is JobStatus.PENDING and store.get("b").started_at is None
+    assert [pid for pid, _ in store.pending_order()] == ["urgent", "b", "a", "c"]
+    assert claim_all(store)[:2] == ["urgent", "b"]
+    assert store.get("b").attempts == 2
+
+    # second death: failed, in history, with the reason
+    assert store.requeue("b", reason="worker-3 died") is False
+    dead = store.get("b")
+    assert dead.status is JobStatus.FAILED and dead.error["type"] == "worker_lost"
+    assert "worker-3 died" in dead.error["message"]
+    assert "b" in [j.prompt_id for j in store.history().jobs]
+    with pytest.raises(JobStateError):
+        store.requeue("b", reason="again")
+    with pytest.raises(KeyError):
+        store.requeue("nope", reason="unknown")

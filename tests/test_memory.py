@@ -131,3 +131,36 @@ def test_lru_eviction_under_a_budget_releases_the_older_model(tmp_path, sized_ch
     finally:
         server.stop()
         runtime.stop()
+
+
+def test_free_memory_also_drops_cached_outputs_and_unload_models_keeps_them(tmp_path, sized_checkpoints):
+    """ComfyUI's two /free flags: ``unload_models`` unloads the models (cached outputs stay: they hold
+    handles, and the next run reuses them); ``free_memory`` drops the cached outputs too."""
+    import torch
+
+    sized, unet_bytes = sized_checkpoints
+    paths = _base(tmp_path, sized)
+    runtime = Runtime(paths, RuntimeOptions(device="cpu"), registry=default_registry(paths))
+    server = LiveServer(runtime, probe_torch=False).start()
+    try:
+        cuda_before = torch.cuda.memory_allocated() if torch.cuda.is_available() else 0
+        first = server.wait_history(server.queue(txt2img("mid-a.safetensors", 1)))
+        assert first["status"]["status_str"] == "success", first["status"]
+        cached = len(runtime.executor.cache)
+        assert cached > 0
+        assert server.post("/free", {"unload_models": True}).status == 200
+        assert runtime.models.held_bytes() == 0 and len(runtime.executor.cache) == cached
+        again = server.wait_history(server.queue(txt2img("mid-a.safetensors", 2)))
+        assert again["status"]["status_str"] == "success", again["status"]
+        loaded = _settled_rss()
+        assert server.post("/free", {"free_memory": True}).status == 200
+        assert len(runtime.executor.cache) == 0 and runtime.models.held_bytes() == 0
+        after = _settled_rss()
+        assert loaded - after > 0.8 * unet_bytes, f"/free gave back {(loaded - after) / MB:.0f} MB of {unet_bytes / MB:.0f}"
+        if torch.cuda.is_available():  # torch's allocator falls back too (where there is one)
+            assert torch.cuda.memory_allocated() <= cuda_before
+        third = server.wait_history(server.queue(txt2img("mid-a.safetensors", 3)))
+        assert third["status"]["status_str"] == "success", third["status"]
+    finally:
+        server.stop()
+        runtime.stop()

@@ -7,13 +7,13 @@ torchao 0.18.0) and given ~2× headroom.  Random weights have no outliers to pro
 (offline-models.md §6 measured the same order on the same kinds of models):
 
 =================  ========================  ==================  ===========
-method             denoiser (max measured)   tolerance           CLIP tol.
+method             denoiser (max measured)   tolerance           CLIP tol. (max measured)
 =================  ========================  ==================  ===========
-bnb_nf4            0.022                     0.05                0.6
-bnb_int8           0.0036                    0.01                –
-fp8_e4m3fn         0.030                     0.06                0.15
-fp8_e5m2           0.054                     0.1                 –
-int8_weight_only   0.0009                    0.005               0.03
+bnb_nf4            0.022                     0.05                0.6 (0.47)
+bnb_int8           0.0036                    0.01                0.03 (0.013)
+fp8_e4m3fn         0.030                     0.06                0.15 (0.080)
+fp8_e5m2           0.054                     0.1                 0.25 (0.113)
+int8_weight_only   0.0009                    0.005               0.03 (0.0095)
 =================  ========================  ==================  ===========
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ from nodes.quantize.methods import _SKIP_LINEAR, _linear_children
 from nodes.quantize.nodes import QuantizeCLIP, QuantizeModel
 
 TOL = {"bnb_nf4": 0.05, "bnb_int8": 0.01, "fp8_e4m3fn": 0.06, "fp8_e5m2": 0.1, "int8_weight_only": 0.005}
-CLIP_TOL = {"bnb_nf4": 0.6, "fp8_e4m3fn": 0.15, "int8_weight_only": 0.03}
+CLIP_TOL = {"bnb_nf4": 0.6, "bnb_int8": 0.03, "fp8_e4m3fn": 0.15, "fp8_e5m2": 0.25, "int8_weight_only": 0.03}
 
 
 def quantized_linear_bound(method: str, w: torch.Tensor) -> int:
@@ -93,15 +93,29 @@ def test_quantized_model_is_close_and_smaller(setup, family, method):
     full = module_bytes([base])
     got = q.weights.size_bytes  # measured when the quantized copy was built
     if method.startswith("fp8"):
-        # every weight but norms/embedders stored in 1 byte: the issue's target 0.27x fp32 on UNets;
-        # the tiny FLUX is dominated by its (kept) embedders and norms
-        assert got <= (0.27 if family != "flux" else 0.5) * full, f"{got / full:.3f}"
+        # every Linear/Conv weight stored in 1 byte (norms keep their few weights): the issue's target
+        # 0.27x fp32 on every family, FLUX's adaLN modulation Linears included (measured 0.251-0.253)
+        assert got <= 0.27 * full, f"{got / full:.3f}"
+        storage = torch.float8_e4m3fn if method == "fp8_e4m3fn" else torch.float8_e5m2
+        layers = {n: m for n, m in q.denoiser.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))}
+        linears = {n for n, m in layers.items() if isinstance(m, torch.nn.Linear)}
+        assert linears and [n for n, m in layers.items() if m.weight.dtype != storage] == []
+        if family == "flux":  # the modulation Linears diffusers' own "norm" skip pattern would keep in fp32
+            assert {"transformer_blocks.0.norm1.linear", "transformer_blocks.0.norm1_context.linear",
+                    "single_transformer_blocks.0.norm.linear", "norm_out.linear"} <= set(linears)
     else:
         layers = [c.weight for _p, _n, _f, c in _linear_children(base, _SKIP_LINEAR)]
         lin = sum(w.numel() * 4 for w in layers)
         bound = full - lin + sum(quantized_linear_bound(method, w) for w in layers)
         assert lin > 0 and got <= bound, f"{got / full:.3f} (Linear share {lin / full:.3f})"
         assert got < full - lin * 0.5  # at least half of the Linear bytes are gone
+        # only the model's own input/output layers stay: every Linear inside the blocks is quantized, the
+        # per-block proj_out of FLUX's single blocks (a third of their weights) included
+        kept = {n for n, m in q.denoiser.named_modules()
+                if type(m) is torch.nn.Linear and type(m.weight.detach()) is torch.Tensor}  # torchao: a subclass
+        assert all(n.split(".")[0] in _SKIP_LINEAR for n in kept), sorted(kept)
+        if family == "flux":
+            assert "single_transformer_blocks.0.proj_out" not in kept and "proj_out" in kept
     # the full-precision base is untouched and still gives the reference
     assert torch.equal(sample(ctx, d["model"], d["pos"], d["neg"], d["latent"]), d["ref"])
 
@@ -155,6 +169,28 @@ def test_fp8_loader_keeps_fp8_storage_through_sampling(setup):
     out = sample(ctx, model, d["pos"], d["neg"], d["latent"])
     assert rel(out, d["ref"]) < TOL["fp8_e4m3fn"]
     assert model.denoiser.x_embedder.weight.dtype == torch.float8_e4m3fn  # not upcast by the sampler
+
+
+def test_fp8_fast_loader_multiplies_in_fp8_through_sampling(setup, monkeypatch):
+    from nodes.quantize.methods import FP8MatmulLinear
+
+    ctx, loaded = setup
+    d = loaded["flux"]
+    real, calls = torch._scaled_mm, []
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].dtype)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "_scaled_mm", counting)
+    model = L.UNETLoader().execute(ctx, "tiny-flux-dev.safetensors", "fp8_e4m3fn_fast")[0]
+    assert model.quantization == "fp8_e4m3fn" and model.sampling["weight_dtype"] == "fp8_e4m3fn_fast"
+    fast = [m for m in model.denoiser.modules() if isinstance(m, FP8MatmulLinear)]
+    assert fast and all(m.weight.dtype == torch.float8_e4m3fn for m in fast)
+    out = sample(ctx, model, d["pos"], d["neg"], d["latent"])
+    assert calls and set(calls) == {torch.float8_e4m3fn}  # the products really ran in fp8
+    assert rel(out, d["ref"]) < TOL["fp8_e4m3fn"]
+    assert model.weights is not L.UNETLoader().execute(ctx, "tiny-flux-dev.safetensors", "fp8_e4m3fn")[0].weights
 
 
 def _quantize_prompt(method: str) -> dict:

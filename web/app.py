@@ -194,8 +194,11 @@ def process_start_time() -> float:
         return time.time()
 
 
-def serve(args: Any, paths: Any, options: Any, registry: Any) -> int:
-    """``server.py serve``: run the server until SIGINT/SIGTERM; returns the exit code."""
+def serve(args: Any, paths: Any, options: Any, registry: Any, *, runner: Any = None) -> int:
+    """``server.py serve``: run the server until SIGINT/SIGTERM; returns the exit code.
+
+    ``runner``: builds the runtime's prompt runner (the Ray pool with ``--ray``), None for the default.
+    """
     from graph_runtime.service import Runtime
 
     from web.auth import AuthSettings, TokenFileError
@@ -214,7 +217,7 @@ def serve(args: Any, paths: Any, options: Any, registry: Any) -> int:
     except TokenFileError as exc:
         log.error("cannot read the tokens: %s", exc)
         return 2
-    runtime = Runtime(paths, options, registry=registry)
+    runtime = Runtime(paths, options, registry=registry, runner=runner)
     for failure in runtime.registry.failures:
         log.error("node pack %s failed to load: %s", failure.name, failure.error)
     max_upload = int(float(getattr(args, "max_upload_size", 100)) * 1024 * 1024)

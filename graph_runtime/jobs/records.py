@@ -129,7 +129,8 @@ class Job:
 
     @cached_property
     def notes(self) -> dict[str, Any]:
-        """Facts added after the fact: ``record`` (reproducibility), ``webhook`` (deliveries)."""
+        """Facts about the job beyond ComfyUI's fields: ``worker`` (name, host, pid), ``record``
+        (reproducibility), ``webhook`` (deliveries), models the worker loaded."""
         return json.loads(self.notes_json)
 
     def queue_item(self) -> list[Any]:
@@ -146,10 +147,11 @@ class Job:
     def history_entry(self) -> dict[str, Any]:
         """ComfyUI's HistoryEntry: ``{prompt, outputs, status{status_str, completed, messages}, meta}``.
 
-        Genesis adds ``genesis`` (the job's :attr:`notes`) when there are any.
+        Genesis adds ``worker`` (``{name, host, pid}``: where the job ran) and ``genesis`` (the
+        other notes, e.g. the models the worker had to load) when the job has them.
         """
         succeeded = self.status is JobStatus.SUCCEEDED
-        entry = {
+        entry: dict[str, Any] = {
             "prompt": self.queue_item(),
             "outputs": self.outputs,
             "status": {
@@ -159,7 +161,10 @@ class Job:
             },
             "meta": self.meta,
         }
-        notes = self.notes
+        notes = dict(self.notes)
+        worker = notes.pop("worker", None)
+        if worker:
+            entry["worker"] = worker
         if notes:
             entry["genesis"] = notes
         return entry

@@ -3,6 +3,11 @@ checkpoints (Forge / comfyanonymous/ComfyUI_bitsandbytes_NF4), written from the 
 
 * GGUF diffusion model: BFL tensor names, ``general.architecture`` = "flux", 2-D weights in Q8_0
   (or another llama.cpp type), the rest F32 — what ComfyUI-GGUF's convert tool writes.
+* GGUF SD1.5/SDXL UNet: LDM names without prefix, architecture "sd1"/"sdxl", ComfyUI-GGUF's
+  convert rules — 1-D tensors and tensors of ≤ 1024 values F32; a tensor whose last dimension is not
+  a multiple of 256 (and whose size is) stored as rows of 256 with ``comfy.gguf.orig_shape.NAME``
+  holding its shape; the rest quantized, F16 where the rows do not fit the blocks (3×3 kernels).
+* GGUF CLIP text encoder: transformers names, 2-D weights quantized.
 * GGUF T5 encoder: llama.cpp names (``enc.blk.N.attn_q.weight`` …, ``token_embd.weight``), architecture
   "t5encoder", from gguf's own name table.
 * NF4 checkpoint: ComfyUI's all-in-one FLUX layout where each transformer Linear weight is a packed
@@ -51,6 +56,54 @@ def write_flux_gguf(path: Path, transformer, qtype_name: str = "Q8_0") -> Path:
     qtype = getattr(gguf.GGMLQuantizationType, qtype_name)
     writer = _writer(path, "flux")
     for name, t in keymaps.flux_to_bfl_state_dict(transformer.state_dict()).items():
+        _add(writer, name, t, qtype)
+    _finish(writer)
+    return path
+
+
+def _add_comfy_sd(writer, name: str, t: torch.Tensor, qtype) -> None:
+    """One tensor as ComfyUI-GGUF's convert tool (+ llama.cpp's quantizer) stores SD UNet tensors."""
+    import gguf
+
+    from nodes.quantize.gguf import ORIG_SHAPE_KEY
+
+    arr = t.detach().float().cpu().numpy()
+    n = arr.size
+    if arr.ndim == 1 or n <= 1024:
+        writer.add_tensor(name, arr.astype(np.float32))
+        return
+    if n >= 512 and n % 256 == 0 and arr.shape[-1] % 256:
+        writer.add_array(ORIG_SHAPE_KEY + name, [int(d) for d in arr.shape])
+        arr = arr.reshape(n // 256, 256)
+    if arr.shape[-1] % gguf.GGML_QUANT_SIZES[qtype][0] == 0:
+        writer.add_tensor(name, gguf.quants.quantize(arr, qtype), raw_dtype=qtype)
+    else:
+        writer.add_tensor(name, arr.astype(np.float16))
+
+
+def write_sd_gguf(path: Path, unet, arch: str, qtype_name: str = "Q8_0") -> Path:
+    """A UNet2DConditionModel as a ComfyUI-GGUF SD1.5 ("sd1") or SDXL ("sdxl") diffusion model file."""
+    import gguf
+
+    from models.tools.tiny_models import unet_to_ldm
+
+    qtype = getattr(gguf.GGMLQuantizationType, qtype_name)
+    writer = _writer(path, arch)
+    for name, t in unet_to_ldm(unet).items():
+        _add_comfy_sd(writer, name.removeprefix("model.diffusion_model."), t, qtype)
+    _finish(writer)
+    return path
+
+
+def write_clip_gguf(path: Path, text_encoder, qtype_name: str = "Q8_0") -> Path:
+    """A transformers CLIP text model as a GGUF text encoder (transformers names, 2-D weights quantized)."""
+    import gguf
+
+    from models.tools.tiny_models import clip_to_hf
+
+    qtype = getattr(gguf.GGMLQuantizationType, qtype_name)
+    writer = _writer(path, "clip")
+    for name, t in clip_to_hf(text_encoder).items():
         _add(writer, name, t, qtype)
     _finish(writer)
     return path

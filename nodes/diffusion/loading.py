@@ -179,7 +179,15 @@ def _denoiser_loader(path: Path, detected: Detected, dtype: torch.dtype, device:
         denoiser = _build_denoiser(path, detected, sd, dtype)
         del sd
         storage = FP8_STORAGE.get(weight_dtype)
-        if storage is not None:
+        if weight_dtype == "fp8_e4m3fn_fast":  # Linear products in fp8 (torch._scaled_mm), where the device can
+            from nodes.quantize.capabilities import fp8_matmul_refusal
+            from nodes.quantize.methods import fp8_matmul
+
+            refused = fp8_matmul_refusal(str(device))
+            if refused:
+                raise LoadError(f"{path.name}: {refused}")
+            fp8_matmul(denoiser, dtype)
+        elif storage is not None:
             # weights stored in fp8, upcast layer by layer at compute time (diffusers layerwise casting)
             from nodes.quantize.methods import fp8_storage
 
@@ -341,16 +349,29 @@ class _EncoderPart:
     layout: str
 
 
+def _load_gguf_encoder(part: _EncoderPart, dtype: torch.dtype) -> torch.nn.Module:
+    from nodes.quantize import gguf
+
+    try:
+        return gguf.load_encoder(part.path, part.kind, part.prefix, part.layout, dtype)
+    except gguf.GGUFError as exc:
+        raise LoadError(str(exc)) from exc
+
+
 def _encoders_loader(parts: Sequence[_EncoderPart], tokenizers: dict, place: Placement):
     from nodes.diffusion import single_file as sf
 
     def load() -> dict:
         encoders = {}
         for part in parts:
-            sd = _load_tensors(part.path, [part.prefix] if part.prefix else None)
             dtype = encoder_dtype(place.dtype_option, place.device, part.kind)
-            module = _guard(part.path, sf.build_encoder, sd, part.kind, part.prefix, part.layout, part.path.name, dtype)
-            del sd
+            if part.path.suffix.lower() == ".gguf":  # Linear weights stay GGUF-quantized
+                module = _load_gguf_encoder(part, dtype)
+            else:
+                sd = _load_tensors(part.path, [part.prefix] if part.prefix else None)
+                module = _guard(part.path, sf.build_encoder, sd, part.kind, part.prefix, part.layout, part.path.name,
+                                dtype)
+                del sd
             if part.kind == "t5xxl":
                 _check_t5_vocab(tokenizers[part.kind], module, part.path)
             encoders[part.kind] = module  # on the CPU: the model manager places it

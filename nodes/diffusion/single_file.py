@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -58,11 +59,48 @@ def _load_strict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], what: s
     return model.eval().requires_grad_(False)
 
 
+@dataclass(frozen=True)
+class Blueprint:
+    """A module to build, before any weight is assigned: why separate — the GGUF loader
+    (``nodes.quantize.gguf``) assigns the same converted state differently (quantized Linear/Conv
+    weights stay quantized), so config inference and name conversion live in one place.
+
+    ``make()`` returns the module with empty (meta) weights; ``state`` holds the converted tensors
+    under the module's own names; ``what`` names the part in error messages.
+    """
+
+    make: Callable[[], torch.nn.Module]
+    state: dict[str, Any]
+    what: str
+
+    def build(self, file_name: str, dtype: torch.dtype) -> torch.nn.Module:
+        """The module with ``state`` loaded strictly, floating tensors cast to ``dtype``."""
+        return _load_strict(self.make(), self.state, self.what, file_name, dtype)
+
+
+def _empty(factory: Callable[[], torch.nn.Module]) -> Callable[[], torch.nn.Module]:
+    def make() -> torch.nn.Module:
+        with _empty_init():
+            return factory()
+
+    return make
+
+
 # --- UNet (SD1.x / SDXL) ---------------------------------------------------------------------
 
 def build_sd_unet(unet_sd: Mapping[str, torch.Tensor], family: ModelFamily, file_name: str,
                   dtype: torch.dtype = torch.float32, layout: str = "ldm"):
     """UNet2DConditionModel from an LDM/SGM (no prefix) or diffusers-layout state dict."""
+    return sd_unet_blueprint(unet_sd, family, file_name, layout).build(file_name, dtype)
+
+
+def sd_unet_blueprint(unet_sd: Mapping[str, Any], family: ModelFamily, file_name: str,
+                      layout: str = "ldm") -> Blueprint:
+    """Config and diffusers-named state of an LDM/SGM or diffusers-layout UNet state dict.
+
+    Tensors are renamed, never computed on (shapes are read): a tensor of ``unet_sd`` is the very
+    object found under its new name, which lets callers pass stand-ins for quantized weights.
+    """
     from diffusers import UNet2DConditionModel
 
     unet_sd = dequantize_scaled_fp8(dict(unet_sd))
@@ -77,9 +115,7 @@ def build_sd_unet(unet_sd: Mapping[str, torch.Tensor], family: ModelFamily, file
         from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 
         state = convert_ldm_unet_checkpoint({"model.diffusion_model." + k: v for k, v in unet_sd.items()}, cfg)
-    with _empty_init():
-        model = UNet2DConditionModel.from_config(cfg)
-    return _load_strict(model, state, "UNet", file_name, dtype)
+    return Blueprint(_empty(lambda: UNet2DConditionModel.from_config(cfg)), dict(state), "UNet")
 
 
 def _infer_diffusers_unet_config(sd: Mapping[str, torch.Tensor], family: ModelFamily) -> dict:
@@ -155,6 +191,10 @@ def clip_state_dict(sd: Mapping[str, torch.Tensor], prefix: str, layout: str) ->
 
 def build_clip(canonical: Mapping[str, torch.Tensor], kind: str, file_name: str, dtype: torch.dtype = torch.float32):
     """CLIPTextModel (clip_l) or CLIPTextModelWithProjection (clip_g) from canonical keys."""
+    return clip_blueprint(canonical, kind, file_name).build(file_name, dtype)
+
+
+def clip_blueprint(canonical: Mapping[str, Any], kind: str, file_name: str) -> Blueprint:
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     try:
@@ -169,15 +209,19 @@ def build_clip(canonical: Mapping[str, torch.Tensor], kind: str, file_name: str,
     else:
         cls = CLIPTextModel
         state = {k: v for k, v in canonical.items() if not k.startswith("text_projection")}
-    with _empty_init():
-        model = cls(cfg)
-    if not hasattr(model, "text_model"):  # transformers >= 5.6 flattened CLIPTextModel
+    with _empty_init():  # on the meta device: costs no memory
+        flattened = not hasattr(cls(cfg), "text_model")  # transformers >= 5.6 flattened CLIPTextModel
+    if flattened:
         state = {k.removeprefix("text_model."): v for k, v in state.items()}
-    return _load_strict(model, state, f"{kind.upper().replace('_', '-')} text encoder", file_name, dtype)
+    return Blueprint(_empty(lambda: cls(cfg)), state, f"{kind.upper().replace('_', '-')} text encoder")
 
 
 def build_t5(sd: Mapping[str, torch.Tensor], file_name: str, dtype: torch.dtype = torch.float32):
     """T5EncoderModel from ``shared.weight`` + ``encoder.*`` (as t5xxl_fp16.safetensors stores them)."""
+    return t5_blueprint(sd, file_name).build(file_name, dtype)
+
+
+def t5_blueprint(sd: Mapping[str, Any], file_name: str) -> Blueprint:
     from transformers import T5Config, T5EncoderModel
 
     state = dequantize_scaled_fp8(dict(sd))
@@ -189,13 +233,15 @@ def build_t5(sd: Mapping[str, torch.Tensor], file_name: str, dtype: torch.dtype 
         cfg = T5Config(**configs.infer_t5_config(state))
     except KeyError as exc:
         raise ModelFileError(f"{file_name}: the T5 text encoder is incomplete (no {exc})") from exc
-    with _empty_init():
-        model = T5EncoderModel(cfg)
-    return _load_strict(model, state, "T5 text encoder", file_name, dtype)
+    return Blueprint(_empty(lambda: T5EncoderModel(cfg)), state, "T5 text encoder")
 
 
 def build_encoder(sd: Mapping[str, torch.Tensor], kind: str, prefix: str, layout: str, file_name: str,
                   dtype: torch.dtype = torch.float32) -> Any:
+    return encoder_blueprint(sd, kind, prefix, layout, file_name).build(file_name, dtype)
+
+
+def encoder_blueprint(sd: Mapping[str, Any], kind: str, prefix: str, layout: str, file_name: str) -> Blueprint:
     if kind == "t5xxl":
-        return build_t5(strip_prefix(sd, prefix), file_name, dtype)
-    return build_clip(clip_state_dict(sd, prefix, layout), kind, file_name, dtype)
+        return t5_blueprint(strip_prefix(sd, prefix), file_name)
+    return clip_blueprint(clip_state_dict(sd, prefix, layout), kind, file_name)

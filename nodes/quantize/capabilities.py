@@ -14,11 +14,15 @@ Facts behind the rules (bitsandbytes 0.50.2, diffusers 0.42.1, torch 2.14, measu
 * fp8 *storage* (weights in float8, each layer upcast to the compute dtype when it runs: diffusers'
   layerwise casting) works on CPU and CUDA; MPS has no float8 dtype.
 * int8 weight-only needs torchao (``Int8WeightOnlyConfig``), which runs on CPU and CUDA.
+* fp8 *matmul* (``UNETLoader`` weight_dtype ``fp8_e4m3fn_fast``: the matrix products themselves in
+  fp8, ``torch._scaled_mm``) needs a CUDA GPU of compute capability 8.9 or newer (Ada, Hopper,
+  Blackwell); torch 2.14 also has a CPU kernel.  Elsewhere it is refused (:func:`fp8_matmul_refusal`).
 
 This module imports torch and the libraries lazily: listing the names costs nothing.
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 from dataclasses import dataclass
 
@@ -39,8 +43,8 @@ DESCRIPTIONS = {
     NONE: "full precision (the model's compute dtype)",
     BNB_NF4: "bitsandbytes 4-bit NormalFloat Linear layers (≈0.56 bytes per weight)",
     BNB_INT8: "bitsandbytes LLM.int8() Linear layers (1 byte per weight)",
-    FP8_E4M3FN: "fp8 e4m3fn storage, computed in bf16/fp32 (1 byte per weight, all layers)",
-    FP8_E5M2: "fp8 e5m2 storage, computed in bf16/fp32 (1 byte per weight, all layers)",
+    FP8_E4M3FN: "fp8 e4m3fn storage, computed in bf16/fp32 (1 byte per weight, every Linear and Conv layer)",
+    FP8_E5M2: "fp8 e5m2 storage, computed in bf16/fp32 (1 byte per weight, every Linear and Conv layer)",
     INT8_WEIGHT_ONLY: "torchao int8 weight-only Linear layers (1 byte per weight)",
 }
 
@@ -111,6 +115,61 @@ def refusal(method: str, device: str | None = "auto", *, installed=_installed) -
     usable = [m for m in supported(device, installed=installed) if m != NONE]
     return (f"{method} cannot run on {cap.device}: {cap.reason}. Methods that can run here: "
             f"{', '.join(usable) if usable else 'none'}")
+
+
+FP8_MATMUL_CUDA_CAPABILITY = (8, 9)
+
+
+def _probe_scaled_mm(kind: str) -> str:
+    """"" if ``torch._scaled_mm`` runs on a device of type ``kind`` (a 16×16 product), else why not."""
+    import torch
+
+    if not hasattr(torch, "_scaled_mm"):
+        return f"torch {torch.__version__} has no fp8 matmul (torch._scaled_mm)"
+    try:
+        a = torch.ones(16, 16, device=kind).to(torch.float8_e4m3fn)
+        one = torch.ones((), device=kind)
+        torch._scaled_mm(a, a.t(), scale_a=one, scale_b=one, out_dtype=torch.float32)
+    except (RuntimeError, NotImplementedError, TypeError) as exc:
+        return f"torch._scaled_mm fails on {kind} ({str(exc).splitlines()[0][:160]})"
+    return ""
+
+
+@functools.lru_cache(maxsize=None)
+def _probed(kind: str) -> str:
+    return _probe_scaled_mm(kind)
+
+
+def fp8_matmul_check(device: str | None = "auto", *, cuda_capability=None, probe=None) -> Capability:
+    """Can ``device`` multiply in fp8 (``torch._scaled_mm``)?  ``cuda_capability``/``probe`` are for tests."""
+    kind = device_type(device)
+    method = "fp8_e4m3fn_fast"
+    if kind == "cuda":
+        import torch
+
+        if cuda_capability is None:
+            if not torch.cuda.is_available():
+                return Capability(method, kind, False, "no CUDA device is available")
+            index = int(str(device).split(":", 1)[1]) if ":" in str(device) else torch.cuda.current_device()
+            cuda_capability = torch.cuda.get_device_capability(index)
+        if tuple(cuda_capability) < FP8_MATMUL_CUDA_CAPABILITY:
+            major, minor = FP8_MATMUL_CUDA_CAPABILITY
+            return Capability(method, kind, False,
+                              f"fp8 matmul needs a CUDA GPU of compute capability {major}.{minor} or newer (Ada, "
+                              f"Hopper, Blackwell); this GPU is {cuda_capability[0]}.{cuda_capability[1]}")
+    elif kind != "cpu":
+        return Capability(method, kind, False, f"torch has no fp8 matmul kernels for device type {kind!r}")
+    reason = (probe or _probed)(kind)  # the kernel itself is tried once per device type
+    return Capability(method, kind, not reason, reason)
+
+
+def fp8_matmul_refusal(device: str | None = "auto", **kw) -> str | None:
+    """None if ``fp8_e4m3fn_fast`` can run on ``device``; else the reason and what to use instead."""
+    cap = fp8_matmul_check(device, **kw)
+    if cap.ok:
+        return None
+    return (f"fp8_e4m3fn_fast cannot run on {cap.device}: {cap.reason}. Use fp8_e4m3fn: the same fp8 weights, "
+            "multiplied in the compute dtype")
 
 
 def report(device: str | None = "auto") -> dict[str, dict[str, object]]:

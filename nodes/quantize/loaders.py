@@ -1,9 +1,9 @@
 """Pre-quantized checkpoint loaders with the community packs' names: UnetLoaderGGUF, CLIPLoaderGGUF,
 DualCLIPLoaderGGUF (city96/ComfyUI-GGUF) and CheckpointLoaderNF4 (comfyanonymous/ComfyUI_bitsandbytes_NF4).
 
-Workflows made with ComfyUI-GGUF run unchanged.  The diffusion model is a model handle whose FLUX
-Linear weights stay GGUF-quantized (see :mod:`nodes.quantize.gguf`); text encoders read through the
-same code as CLIPLoader (GGUF files are dequantized at load, safetensors files load as usual).
+Workflows made with ComfyUI-GGUF run unchanged.  The diffusion model is a model handle whose
+quantized weights stay GGUF-quantized (see :mod:`nodes.quantize.gguf`); text encoders read through
+the same code as CLIPLoader, which keeps a GGUF file's Linear weights quantized too.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ GGUF_CATEGORY = "bootleg"
 
 
 class UnetLoaderGGUF(Node):
-    """Loads a GGUF diffusion model (FLUX keeps its weights quantized in memory; SD/SDXL are dequantized)."""
+    """Loads a GGUF diffusion model; its quantized Linear (and SD's Conv2d) weights stay quantized in memory."""
 
     DISPLAY_NAME = "Unet Loader (GGUF)"
     CATEGORY = GGUF_CATEGORY
@@ -57,7 +57,8 @@ class UnetLoaderGGUF(Node):
                                      options={"quantization": "gguf"})
         except gguf.GGUFError as exc:
             raise NodeError(f"unet_name: {exc}", input_name="unet_name") from exc
-        quantized = detected.family.is_flux and detected.layout == "bfl"
+        # quantized in memory, except diffusers-layout FLUX files (ComfyUI-GGUF's converter refuses those)
+        quantized = not (detected.family.is_flux and detected.layout != "bfl")
         model = make_model(detected.family, handle, str(path), quantization="gguf" if quantized else "none")
         _record(ctx, path, model, model.family)
         ctx.record(gguf_quantized=quantized)

@@ -5,8 +5,10 @@ while bitsandbytes 0.50.2 itself has CPU kernels; replacing each ``nn.Linear`` w
 ``Linear4bit``/``Linear8bitLt`` whose weight is quantized on its first move works on CPU and
 CUDA alike and serves diffusers and transformers models with one code path.
 
-What is quantized: fp8 storage covers every layer diffusers' layerwise casting accepts (norms
-and embeddings skipped); the Linear methods (NF4, int8) cover ``nn.Linear`` layers only — conv
+What is quantized: fp8 storage covers every Linear and Conv layer of a diffusion model, FLUX's adaLN
+modulation Linears included, as ComfyUI's fp8 ``weight_dtype`` does (norm layers keep their few
+weights; see :data:`DIFFUSERS_FP8_SKIP`); on text encoders, norms, embeddings and output heads stay
+in full precision.  The Linear methods (NF4, int8) cover ``nn.Linear`` layers only — conv
 layers (most of an SD UNet) stay in full precision, so their savings depend on the family.
 """
 from __future__ import annotations
@@ -21,7 +23,10 @@ from nodes.quantize import capabilities as caps
 log = logging.getLogger(__name__)
 
 FP8 = {caps.FP8_E4M3FN: torch.float8_e4m3fn, caps.FP8_E5M2: torch.float8_e5m2}
-# Linear layers kept in full precision: tiny or numerically sensitive (output heads, embedders' norms).
+# Linear layers kept in full precision: the model's own input and output layers (embedders, output heads:
+# tiny or numerically sensitive).  Each name is a *top-level* module (``proj_out`` is FLUX's and a UNet's
+# final projection, not the ``proj_out`` inside every FLUX single block or UNet transformer, which are a
+# third of FLUX's weights): see :func:`_skipped`.
 _SKIP_LINEAR = ("proj_out", "lm_head", "norm_out", "time_embedding", "time_text_embed", "time_embed", "timestep",
                 "conv_in", "conv_out", "patch_embedding", "position_embedding", "x_embedder", "context_embedder")
 
@@ -30,21 +35,103 @@ class QuantizeError(RuntimeError):
     """A method cannot be applied to this model (the message says which layer and why)."""
 
 
+# Layers fp8 storage keeps in full precision on diffusers models.  ComfyUI's ``weight_dtype`` fp8 builds the
+# whole diffusion model in fp8 — every Linear and Conv, the adaLN modulation Linears of FLUX's blocks
+# (``norm1.linear`` …) and its embedders included — and keeps nothing back but what has no weights.  We
+# follow it: norm layers are never cast (layerwise casting only hooks Linear/Conv/Embedding; their
+# weights are a few KB), and the patch/position embedders of the models that have them (SD3-style
+# ``pos_embed``/``patch_embed``: a conv and a learned table at the very input) stay as diffusers keeps them.
+# ``lora_`` keeps PEFT adapter layers (if any were injected) in the compute dtype.
+DIFFUSERS_FP8_SKIP = ("pos_embed", "patch_embed", "lora_")
+
+
 def fp8_storage(module: torch.nn.Module, storage: torch.dtype, compute: torch.dtype) -> None:
-    """Store weights in ``storage`` (fp8) and upcast each layer to ``compute`` while it runs."""
-    enable = getattr(module, "enable_layerwise_casting", None)
-    if callable(enable):  # diffusers ModelMixin
-        # Only Linear/Conv layers are cast (norm layers never are); diffusers' default also skips every
-        # layer whose *name* contains "norm", which keeps FLUX's large adaLN modulation Linears
-        # (norm1.linear …, a third of each block) in full precision.  ComfyUI stores those in fp8 too.
-        enable(storage_dtype=storage, compute_dtype=compute, skip_modules_pattern=("pos_embed", "patch_embed"))
-        return
+    """Store weights in ``storage`` (fp8) and upcast each layer to ``compute`` while it runs.
+
+    Why ``apply_layerwise_casting`` and not ``ModelMixin.enable_layerwise_casting``: the latter always
+    adds the model class's own skip patterns, and FLUX's (``"norm"``) matches every adaLN modulation
+    Linear (``norm1.linear``, ``norm1_context.linear``, ``norm.linear``, ``norm_out.linear``: a third of
+    each block), which then stays in full precision — 0.455× fp32 weight bytes instead of ≈0.25×.
+    """
+    from diffusers.hooks import apply_layerwise_casting
+    from diffusers.models.modeling_utils import ModelMixin
+
+    # a model's own fp32 islands (T5's ``wo``: it casts its input to the weight's dtype itself)
+    keep = tuple(rf"(^|\.){name}$" for name in getattr(module, "_keep_in_fp32_modules", None) or ())
+    if isinstance(module, ModelMixin):
+        skip = DIFFUSERS_FP8_SKIP + keep
+    else:  # transformers text encoders: norms, token/position embeddings and output heads stay
+        skip = ("norm", "embed", "position", "pos_", "lm_head") + keep
+    apply_layerwise_casting(module, storage_dtype=storage, compute_dtype=compute, skip_modules_pattern=skip)
+
+
+FP8_E4M3_MAX = 448.0  # the largest finite float8_e4m3fn
+
+
+def fp8_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, compute: torch.dtype) -> torch.Tensor:
+    """``x @ weight.T + bias`` with the product computed in fp8 (``torch._scaled_mm``).
+
+    ``weight`` is stored in float8_e4m3fn as is (scale 1, as ComfyUI's fp8 ``weight_dtype`` stores
+    it); the activations are scaled per tensor into e4m3fn's range (amax → 448), cast, and the
+    scale is given back by ``_scaled_mm``; the result comes out in ``compute``.  Shapes the kernel
+    cannot take (feature counts not multiples of 16) fall back to upcasting the weight.
+    """
+    rows = x.reshape(-1, x.shape[-1])
+    out_features, in_features = weight.shape
+    if in_features % 16 or out_features % 16 or rows.shape[0] == 0:
+        return torch.nn.functional.linear(x.to(compute), weight.to(compute), None if bias is None else bias.to(compute))
+    amax = rows.detach().abs().amax().float()
+    scale = torch.clamp(amax / FP8_E4M3_MAX, min=1e-12)
+    xq = (rows.float() / scale).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn)
+    one = torch.ones((), device=x.device, dtype=torch.float32)
+    out = torch._scaled_mm(xq, weight.t(), scale_a=scale, scale_b=one, out_dtype=compute)
+    if bias is not None:
+        out = out + bias.to(compute)
+    return out.reshape(*x.shape[:-1], out_features)
+
+
+class FP8MatmulLinear(torch.nn.Linear):
+    """A Linear whose float8_e4m3fn weight is multiplied in fp8 (``fp8_e4m3fn_fast``): see :func:`fp8_linear`."""
+
+    compute_dtype: torch.dtype = torch.float32
+
+    @classmethod
+    def like(cls, lin: torch.nn.Linear, compute: torch.dtype) -> "FP8MatmulLinear":
+        new = cls(lin.in_features, lin.out_features, bias=lin.bias is not None, device="meta")
+        new.weight = torch.nn.Parameter(lin.weight.data.to(torch.float8_e4m3fn), requires_grad=False)
+        if lin.bias is not None:
+            new.bias = torch.nn.Parameter(lin.bias.data, requires_grad=False)
+        new.compute_dtype = compute
+        return new.requires_grad_(False)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return fp8_linear(inputs, self.weight, self.bias, self.compute_dtype)
+
+
+def fp8_matmul(module: torch.nn.Module, compute: torch.dtype) -> int:
+    """``fp8_e4m3fn_fast``: every Linear stored in e4m3fn *and multiplied in fp8* (:class:`FP8MatmulLinear`),
+    every other layer fp8 storage as :func:`fp8_storage` (convs upcast as they run).  The caller checks
+    that the device can (:func:`capabilities.fp8_matmul_refusal`); returns how many Linears multiply in fp8.
+    """
     from diffusers.hooks import apply_layerwise_casting
 
-    # transformers' own fp32 islands (T5's ``wo``: it casts its input to the weight's dtype itself)
-    keep = tuple(rf"(^|\.){name}$" for name in getattr(module, "_keep_in_fp32_modules", None) or ())
-    apply_layerwise_casting(module, storage_dtype=storage, compute_dtype=compute,
-                            skip_modules_pattern=("norm", "embed", "position", "pos_", "lm_head") + keep)
+    skip = DIFFUSERS_FP8_SKIP
+    count = 0
+    with torch.no_grad():
+        for parent_name, parent in list(module.named_modules()):
+            for name, child in list(parent.named_children()):
+                full = f"{parent_name}.{name}" if parent_name else name
+                if type(child) is torch.nn.Linear and not any(p in full for p in skip):
+                    setattr(parent, name, FP8MatmulLinear.like(child, compute))
+                    count += 1
+    apply_layerwise_casting(module, storage_dtype=torch.float8_e4m3fn, compute_dtype=compute,
+                            skip_modules_pattern=skip, skip_modules_classes=(FP8MatmulLinear,))
+    return count
+
+
+def _skipped(full: str, skip: tuple[str, ...]) -> bool:
+    """Whether the layer named ``full`` is ``skip``'s module or inside it (names from the model's top)."""
+    return any(full == s or full.startswith(s + ".") for s in skip)
 
 
 def _linear_children(module: torch.nn.Module, skip: tuple[str, ...]) -> list[tuple[torch.nn.Module, str, str, torch.nn.Linear]]:
@@ -53,7 +140,7 @@ def _linear_children(module: torch.nn.Module, skip: tuple[str, ...]) -> list[tup
     for parent_name, parent in module.named_modules():
         for name, child in parent.named_children():
             full = f"{parent_name}.{name}" if parent_name else name
-            if type(child) is torch.nn.Linear and not any(s in full for s in skip) and name not in keep:
+            if type(child) is torch.nn.Linear and not _skipped(full, skip) and name not in keep:
                 found.append((parent, name, full, child))
     return found
 

@@ -126,11 +126,13 @@ def resolve_device(option: str, runtime_device: str = "auto") -> torch.device:
 
 
 def resolve_dtype(option: str, device: torch.device) -> torch.dtype:
+    """An explicit dtype wins; else the runtime's one policy (``nodes.devices.precision``): fp32 on the
+    CPU, bf16 where the accelerator has it, fp16 where it does not."""
     if option in _TORCH_DTYPES:
         return _TORCH_DTYPES[option]
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
+    from nodes.devices import precision
+
+    return precision("vlm", device)
 
 
 def check_method(quantization: str, device: torch.device) -> str | None:

@@ -297,7 +297,8 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-async def _serving_async(url: str, token: str | None, count: int, values: "object") -> dict[str, float]:
+async def _serving_async(url: str, token: str | None, count: int,
+                         values: "object") -> tuple[dict[str, float], list[float]]:
     """Measures of one server: prompts/s per (route, clients), and /api/jobs latency under load."""
     import asyncio
 
@@ -355,46 +356,54 @@ async def _serving_async(url: str, token: str | None, count: int, values: "objec
         stop.set()
         await poller
         await asyncio.wait_for(asyncio.gather(*(tracker.expect(i).wait() for i in ids)), 300)  # type: ignore
-        found["jobs_p50"] = _percentile(latencies, 0.5)
-        found["jobs_p99"] = _percentile(latencies, 0.99)
-        found["jobs_n"] = len(latencies)
         await ws.close()
         reader.cancel()
-    return found
+    return found, latencies
 
 
-def bench_serving(count: int = 600) -> list[tuple[str, str]]:
-    """The serving table: throughput per route and clients, auth off vs on, /api/jobs under load."""
+def bench_serving(count: int = 600, repeats: int = 2) -> list[tuple[str, str]]:
+    """The serving table: throughput per route and clients, auth off vs on, /api/jobs under load.
+
+    The two servers are measured in turn, ``repeats`` times each (off, on, off, on …), and each
+    throughput is the best of its repeats: on a shared machine a neighbour's burst slows one run,
+    never speeds one up.  ``/api/jobs`` latencies are pooled over the repeats.
+    """
     import asyncio
     import itertools
     import shutil
 
     base = Path(tempfile.mkdtemp(prefix="genesis-bench-serving-"))
     values = itertools.count(1)
-    measured: dict[str, dict[str, float]] = {}
+    configs = (("auth off", (), None), ("auth on", ("--require-token", "--token", BENCH_TOKEN), BENCH_TOKEN))
+    best: dict[str, dict[str, float]] = {label: {} for label, _, _ in configs}
+    latencies: dict[str, list[float]] = {label: [] for label, _, _ in configs}
+    servers = {}
     try:
-        for label, extra, token in (("auth off", (), None),
-                                    ("auth on", ("--require-token", "--token", BENCH_TOKEN), BENCH_TOKEN)):
-            proc, url, _ = _launch_server(base / label.replace(" ", "-"), *extra, token=token)
-            try:
-                measured[label] = asyncio.run(_serving_async(url, token, count, values))
-            finally:
-                proc.terminate()
-                proc.wait()
+        for label, extra, token in configs:
+            servers[label] = _launch_server(base / label.replace(" ", "-"), *extra, token=token)[:2]
+        for _ in range(repeats):
+            for label, _, token in configs:
+                found, waited = asyncio.run(_serving_async(servers[label][1], token, count, values))
+                for key, rate in found.items():
+                    best[label][key] = max(rate, best[label].get(key, 0.0))
+                latencies[label] += waited
     finally:
+        for proc, _ in servers.values():
+            proc.terminate()  # type: ignore[attr-defined]
+            proc.wait()  # type: ignore[attr-defined]
         shutil.rmtree(base, ignore_errors=True)
     rows: list[tuple[str, str]] = []
-    off, on = measured["auth off"], measured["auth on"]
+    off, on = best["auth off"], best["auth on"]
     for route, name in (("prompt", "POST /prompt (completion via WebSocket)"), ("run", "POST /api/run (waits)")):
         for n in SERVING_CLIENTS:
             key = f"{route}/{n}"
             cost = (off[key] - on[key]) / off[key] * 100
             rows.append((f"serving: {count} trivial prompts, {name}, {n} client{'s' if n > 1 else ''}",
                          f"{off[key]:.0f}/s without token, {on[key]:.0f}/s with (auth cost {cost:+.1f} %)"))
-    for label, found in measured.items():
+    for label, waited in latencies.items():
         rows.append((f"serving: GET /api/jobs while 32 clients post {count * 2} prompts ({label})",
-                     f"p50 {found['jobs_p50'] * 1e3:.1f} ms, p99 {found['jobs_p99'] * 1e3:.1f} ms "
-                     f"({found['jobs_n']:.0f} requests)"))
+                     f"p50 {_percentile(waited, 0.5) * 1e3:.1f} ms, p99 {_percentile(waited, 0.99) * 1e3:.1f} ms "
+                     f"({len(waited)} requests)"))
     return rows
 
 
@@ -410,6 +419,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", choices=("executor", "http", "serving"), default=None)
     parser.add_argument("--count", type=int, default=600, help="serving: prompts per measurement")
+    parser.add_argument("--repeats", type=int, default=2, help="serving: measurements per server (best kept)")
     args = parser.parse_args()
     rows: list[tuple[str, str]] = []
     if args.only in (None, "executor"):
@@ -419,7 +429,7 @@ def main() -> None:
         if bench_http is not None:
             rows += bench_http()
     if args.only in (None, "serving"):
-        rows += bench_serving(args.count)
+        rows += bench_serving(args.count, args.repeats)
     print_table(rows)
 
 

@@ -54,7 +54,7 @@ def test_serving_bench_runs_every_configuration(capsys):
     spec = importlib.util.spec_from_file_location("overhead", ROOT / "bench" / "overhead.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    rows = dict(bench.bench_serving(count=16))
+    rows = dict(bench.bench_serving(count=16, repeats=1))
     for route in ("POST /prompt (completion via WebSocket)", "POST /api/run (waits)"):
         for n, label in ((1, "1 client"), (8, "8 clients"), (32, "32 clients")):
             value = rows[f"serving: 16 trivial prompts, {route}, {label}"]

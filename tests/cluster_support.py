@@ -77,6 +77,20 @@ class Chatty(Node):
         return NodeResult((), {"value": [value], "text": [text]})
 
 
+class Explode(Node):
+    """Reports one step, then fails (an error's way from a worker to the WebSocket)."""
+
+    CATEGORY = "test"
+    OUTPUT_NODE = True
+    CACHE = CachePolicy.VOLATILE
+    INPUTS = (Int("value", 0, min=0, max=1000),)
+    OUTPUTS = ()
+
+    def execute(self, ctx: NodeContext, value: int) -> NodeResult:
+        ctx.progress(1, 2)
+        raise ValueError(f"boom {value}")
+
+
 class Sleep(Node):
     """Sleeps ``seconds`` (the cost of a prompt in the scale-out benchmark), checking interrupts."""
 
@@ -113,7 +127,7 @@ def make_registry() -> NodeRegistry:
     import nodes
 
     registry = build_registry(nodes.PACKS)
-    for node in (FileGate, StubbornGate, Chatty, Sleep, RemoteRender):
+    for node in (FileGate, StubbornGate, Chatty, Explode, Sleep, RemoteRender):
         registry.register(node, __name__)
     return registry
 

@@ -180,22 +180,32 @@ def normalized(messages: list) -> list:
 
 
 def test_websocket_sees_the_same_messages_as_on_one_machine(server, tmp_path):
-    prompt = {"1": {"class_type": "Chatty", "inputs": {"value": 17, "count": 3}}}
+    """A prompt with progress, previews, text and outputs, then one that fails mid-node: the client
+    of a Ray worker sees exactly the messages a client of one machine sees."""
+    chatty = {"1": {"class_type": "Chatty", "inputs": {"value": 17, "count": 3}}}
+    failing = {"1": {"class_type": "Chatty", "inputs": {"value": 5, "count": 2}},
+               "2": {"class_type": "Explode", "inputs": {"value": 3}}}
     features = {"supports_preview_metadata": True}
     single = LiveServer(make_runtime(tmp_path / "single", registry=make_registry()), probe_torch=False).start()
     try:
         sequences = []
         for live in (single, server):
             ws = WsClient(live.ws_url, client_id=uuid.uuid4().hex, features=features)
-            pid = live.queue(prompt, client_id=ws.client_id)
-            messages = ws.wait_done(pid, timeout=60)
+            runs = []
+            for prompt in (chatty, failing):
+                pid = live.queue(prompt, client_id=ws.client_id)
+                runs.append(normalized(ws.wait_done(pid, timeout=60)))
             ws.close()
-            sequences.append(normalized(messages))
+            sequences.append(runs)
     finally:
         single.stop()
     assert sequences[0] == sequences[1]
-    types = [m[0] for m in sequences[1]]
+    ok, failed = sequences[1]
+    types = [m[0] for m in ok]
     assert types.count("progress") == 3 and types.count("binary") >= 6 and "executed" in types
+    error = next(data for kind, data in failed if kind == "execution_error")
+    assert error["exception_type"] == "ValueError" and error["exception_message"].endswith("failed: boom 3")
+    assert error["node_id"] == "2" and "1" in error["executed"]
 
 
 def test_interrupt_and_delete_reach_the_worker_running_the_prompt(server, tmp_path):

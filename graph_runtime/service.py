@@ -38,6 +38,7 @@ from graph_runtime.executor import ExecutionReport, Executor, InterruptToken
 from graph_runtime.file_hashes import FileHashes
 from graph_runtime.jobs import DuplicateJobError, Job, JobStatus, JobStore
 from graph_runtime.jobs.remote import RemoteJobStore
+from graph_runtime.prompt_threads import PromptThreads
 from graph_runtime.lanes import Lanes
 from graph_runtime.model_manager import PromptModels, manager_for, model_handles_in
 from graph_runtime.node_info import node_info, object_info
@@ -406,7 +407,8 @@ class LocalWorker:
         self._stopping = threading.Event()
         self._running_lock = threading.Lock()
         self._running: dict[str, InterruptToken] = {}  # claimed prompts: the one on the GPU and the parked ones
-        self._threads: dict[str, threading.Thread] = {}
+        # Prompt threads are kept between prompts (prompt_threads.py); each closes its loop when it ends.
+        self._threads = PromptThreads(on_exit=runtime.executor.close)
         self._pending_free: dict[str, bool] = {}
         self.identity = {"name": "server", "host": socket.gethostname(), "pid": os.getpid()}
         """Where its prompts run, for history (``worker``)."""
@@ -417,6 +419,8 @@ class LocalWorker:
 
     def start(self) -> None:
         self._stopping.clear()
+        if self._threads.closed:  # started again after a stop
+            self._threads = PromptThreads(on_exit=self.runtime.executor.close)
         if self.claims:
             self._worker = threading.Thread(target=self._work, name="genesis-worker", daemon=True)
             self._worker.start()
@@ -432,8 +436,7 @@ class LocalWorker:
         if self._worker is not None:
             self._worker.join(timeout)
         self.runtime.lanes.close()
-        for thread in list(self._threads.values()):
-            thread.join(timeout)
+        self._threads.close(timeout)
 
     def wake(self) -> None:
         """Nothing to do: the store wakes :meth:`JobStore.claim_next` on enqueue."""
@@ -479,15 +482,11 @@ class LocalWorker:
         return self.gate.wait_free(0)
 
     def run_claimed(self, job: Job) -> bool:
-        """Take the GPU gate for a claimed job and run it on a thread of its own (False: stopping)."""
+        """Take the GPU gate for a claimed job and run it on a prompt thread (False: stopping)."""
         # Hand the gate to the new prompt before anything else can be claimed.
         if not self.gate.acquire(job.prompt_id, interrupted=self._stopping.is_set):
             return False  # stopping: the job stays running and is recovered at the next start
-        thread = threading.Thread(target=self._run_claimed, args=(job,), daemon=True,
-                                  name=f"genesis-prompt-{job.prompt_id[:8]}")
-        with self._running_lock:
-            self._threads[job.prompt_id] = thread
-        thread.start()
+        self._threads.submit(lambda: self._run_claimed(job))
         return True
 
     def _work(self) -> None:
@@ -509,10 +508,7 @@ class LocalWorker:
             log.exception("worker failed on %s", job.prompt_id)
             self._end_crashed(job, exc)
         finally:
-            self.gate.release(job.prompt_id)
-            self.runtime.executor.close()  # this thread's event loop
-            with self._running_lock:
-                self._threads.pop(job.prompt_id, None)
+            self.gate.release(job.prompt_id)  # the thread and its event loop stay for the next prompt
 
     def _end_crashed(self, job: Job, exc: Exception) -> None:
         """Record ``job`` as failed when the worker's own code raised outside the executor (once only:

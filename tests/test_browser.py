@@ -383,6 +383,8 @@ def test_official_text_generate_template_runs_from_the_canvas(page: Page, server
     # the generated text arrives on the canvas: PreviewAny shows it in its widget
     page.page.wait_for_function("() => window.app.graph.nodes.find(n => n.type === 'PreviewAny')?.widgets"
                                 "?.some(w => typeof w.value === 'string' && w.value.length > 0)", timeout=60_000)
+    # the widget shows the text at the node's ``executed``; history is written when the prompt ends
+    page.page.wait_for_function(f"async () => (await ({runs})()).length === {before + 1}", timeout=60_000)
     assert page.page.evaluate(f"async () => (await ({runs})()).length") == before + 1
     entry = page.page.evaluate(f"async () => (await ({runs})()).pop()")
     assert entry["status"]["status_str"] == "success", entry["status"]

@@ -1,6 +1,7 @@
 """Genesis entry point.
 
     python server.py [serve] [--listen 127.0.0.1] [--port 8188] [--base-directory DIR]
+    python server.py serve --ray auto|local [--ray-workers N]     (GPU workers on a Ray cluster)
     python server.py run WORKFLOW [--set NODE.INPUT=VALUE ...] [--output-dir DIR]
     python server.py tiny-models [--dir DIR]
 
@@ -57,6 +58,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-tiny-models", action="store_true",
                        help="do not create the tiny demo models when no checkpoint is present")
     serve.add_argument("--max-upload-size", type=float, default=100, help="upload limit in MB")
+    cluster = serve.add_argument_group("scale-out on Ray (pip install -e \".[ray]\"; see deploy/README.md)")
+    cluster.add_argument("--ray", metavar="auto|local|ADDRESS", default=None,
+                         help="run prompts on Ray workers, one per GPU: 'auto' joins the cluster this machine "
+                              "belongs to (ray start), 'local' starts a private one that stops with the server, "
+                              "or a cluster address")
+    cluster.add_argument("--ray-workers", type=int, default=None, metavar="N",
+                         help="number of workers (default: one per GPU in the cluster; CPU workers when it has "
+                              "fewer GPUs than workers)")
+    cluster.add_argument("--ray-affinity-wait", type=float, default=1.5, metavar="S",
+                         help="seconds a prompt waits for a busy worker that already holds its models")
+    cluster.add_argument("--ray-hang-timeout", type=float, default=60.0, metavar="S",
+                         help="a worker silent this long while running a prompt is killed and replaced")
     run = sub.add_parser("run", help="run a workflow file (API JSON, UI JSON or PNG) without a server")
     _common(run)
     run.add_argument("workflow", type=Path)
@@ -107,6 +120,29 @@ def build_options(args: argparse.Namespace):
                           smart_memory=not args.disable_smart_memory)
 
 
+def build_runner(args: argparse.Namespace):
+    """The runtime's prompt runner for ``--ray`` (None: the in-process worker; Ray is not imported)."""
+    mode = getattr(args, "ray", None)
+    if not mode:
+        if getattr(args, "ray_workers", None) is not None:
+            raise SystemExit("error: --ray-workers needs --ray auto|local")
+        return None
+    import nodes
+    from graph_runtime.cluster.pool import PoolSettings, RayPool
+    from graph_runtime.cluster.ray_session import RaySession, RayUnavailable
+
+    if args.ray_workers is not None and args.ray_workers < 1:
+        raise SystemExit("error: --ray-workers must be at least 1")
+    settings = PoolSettings(workers=args.ray_workers, affinity_wait=args.ray_affinity_wait,
+                            hang_timeout=args.ray_hang_timeout, packs=tuple(nodes.PACKS))
+    session = RaySession(mode)
+    try:
+        session.start()  # before the web app: a cluster that cannot be joined is a clear error, not a traceback
+    except RayUnavailable as exc:
+        raise SystemExit(f"error: {exc}") from None
+    return lambda runtime: RayPool(runtime, session, settings)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in SUBCOMMANDS + ("-h", "--help"):
@@ -129,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     from web.app import serve
 
     paths = build_paths(args)
-    return serve(args, paths, build_options(args), default_registry(paths))
+    return serve(args, paths, build_options(args), default_registry(paths), runner=build_runner(args))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates .venv and installs Genesis with its pinned dependencies (idempotent, offline-friendly).
-# Usage: scripts/setup_env.sh [--test]   (--test adds the test tools and Debian's chromium)
+# Usage: scripts/setup_env.sh [--test]   (--test adds the test tools, Ray and Debian's chromium)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -9,7 +9,8 @@ if [ ! -x .venv/bin/python ]; then
   .venv/bin/pip install -q --upgrade pip
 fi
 extras=""
-if [ "${1:-}" = "--test" ]; then extras="[test]"; fi
+# The tests run a real local Ray cluster, so --test installs the optional "ray" extra too.
+if [ "${1:-}" = "--test" ]; then extras="[test,ray]"; fi
 stamp=".venv/.genesis-installed${extras}"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   # torch first, by itself, so the resolver picks the pinned pair from the local wheel store

@@ -13,7 +13,7 @@ import pytest  # noqa: E402
 
 from graph_runtime.paths import FolderPaths  # noqa: E402
 
-pytest_plugins = ["tests.stub_nodes.fixtures", "tests.conftest_models"]
+pytest_plugins = ["tests.stub_nodes.fixtures", "tests.conftest_models", "tests.conftest_ray"]
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -522,3 +522,36 @@ def test_claim_is_atomic_across_connections(tmp_path: Path) -> None:
     finally:
         for s in stores:
             s.close()
+
+
+# ------------------------------------------------------------------ a scheduler's claims (Ray pool)
+def test_claim_by_id_requeue_once_at_the_front_then_fail_as_worker_lost(store: JobStore) -> None:
+    """What the Ray pool does when a worker process dies under a prompt: the rule of a kill -9."""
+    for pid in ("a", "b", "c"):
+        add(store, pid)
+    add(store, "urgent", priority=5)
+    assert store.pending_order() == [("urgent", 5), ("a", 0), ("b", 0), ("c", 0)]
+    assert store.pending_order(2) == [("urgent", 5), ("a", 0)]
+
+    job = store.claim("b")  # a scheduler may pick any pending job (model affinity)
+    assert job is not None and job.status is JobStatus.RUNNING and job.attempts == 1
+    assert store.claim("b") is None and store.claim("nope") is None  # not pending (any more)
+    assert [pid for pid, _ in store.pending_order()] == ["urgent", "a", "c"]
+
+    # first death: back to pending, ahead of every job of its priority, behind higher priorities
+    assert store.requeue("b", reason="worker-1 died") is True
+    assert store.get("b").status is JobStatus.PENDING and store.get("b").started_at is None
+    assert [pid for pid, _ in store.pending_order()] == ["urgent", "b", "a", "c"]
+    assert claim_all(store)[:2] == ["urgent", "b"]
+    assert store.get("b").attempts == 2
+
+    # second death: failed, in history, with the reason
+    assert store.requeue("b", reason="worker-3 died") is False
+    dead = store.get("b")
+    assert dead.status is JobStatus.FAILED and dead.error["type"] == "worker_lost"
+    assert "worker-3 died" in dead.error["message"]
+    assert "b" in [j.prompt_id for j in store.history().jobs]
+    with pytest.raises(JobStateError):
+        store.requeue("b", reason="again")
+    with pytest.raises(KeyError):
+        store.requeue("nope", reason="unknown")

@@ -104,3 +104,25 @@ def test_ui_workflows_are_converted_and_queued(runtime, calls):
     job = runtime.store.get(submitted.prompt_id)
     assert job.outputs == {"2": {"value": [7]}}
     assert job.extra_data["extra_pnginfo"]["workflow"]["nodes"][0]["type"] == "StubConst"
+
+
+def test_a_prompt_whose_worker_code_raises_ends_as_an_error_and_the_queue_moves_on(runtime, calls, monkeypatch):
+    """A bug outside the executor (here: the model manager) must not leave the prompt "running" forever."""
+    real = runtime.models.begin_prompt
+    failures = iter([RuntimeError("model manager broke")])
+
+    def begin_prompt() -> None:
+        exc = next(failures, None)
+        if exc is not None:
+            raise exc
+        real()
+
+    monkeypatch.setattr(runtime.models, "begin_prompt", begin_prompt)
+    broken = runtime.submit(const_prompt(1))
+    after = runtime.submit(const_prompt(2))
+    runtime.start()
+    assert runtime.wait_idle(20)
+    job = runtime.store.get(broken.prompt_id)
+    assert job.status is JobStatus.FAILED and "model manager broke" in str(job.error)
+    assert job.history_entry()["worker"]["name"] == "server"
+    assert runtime.store.get(after.prompt_id).status is JobStatus.SUCCEEDED

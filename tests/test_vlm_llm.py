@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from graph_runtime.context import Interrupted, NodeError
@@ -104,10 +106,11 @@ def test_llm_loader_lists_folders_gguf_files_and_the_packaged_smollm2(base_dir: 
 
 # -- parity --------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", VLMS)
-def test_vlm_caption_equals_transformers_generate(name: str, lm_paths, manager) -> None:
+@pytest.mark.parametrize("name,prompt", [(n, "Describe this image in detail.") for n in VLMS if "florence" not in n]
+                         + [("tiny-florence-2", t) for t in ("<CAPTION>", "<DETAILED_CAPTION>",
+                                                              "<MORE_DETAILED_CAPTION>", "<OCR>")])
+def test_vlm_caption_equals_transformers_generate(name: str, prompt: str, lm_paths, manager) -> None:
     image = picture(1)
-    prompt = "<CAPTION>" if name == "tiny-florence-2" else "Describe this image in detail."
     ctx = make_ctx(lm_paths, manager)
     vlm = VLMLoader().execute(ctx, name)[0].get()
     (caption,), = VLMCaption().execute(ctx, vlm, as_tensor(image), prompt, max_new_tokens=12)
@@ -139,6 +142,22 @@ def test_llm_narrate_equals_transformers_generate_plain_draft_and_prompt_lookup(
     assert plain.token_ids == assisted.token_ids == lookup.token_ids == expected
     text, thinking = LLMNarrate().execute(ctx, llm, prompt, max_new_tokens=24)
     assert (text, thinking) == split_thinking(plain.text)
+
+
+@pytest.mark.parametrize("dtype,attention", [("bf16", "eager"), ("fp16", "sdpa"), ("fp32", "eager")])
+def test_dtype_and_attention_options_load_what_they_say(dtype, attention, lm_paths) -> None:
+    """The loader's dtype/attention equal transformers' own ``from_pretrained(dtype=…, attn_implementation=…)``."""
+    from transformers import AutoModelForCausalLM
+
+    ctx = make_ctx(lm_paths, ModelManager())
+    llm = LLMLoader().execute(ctx, "tiny-qwen2", dtype=dtype, attention=attention, device="cpu")[0].get()
+    torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+    assert llm.model.dtype == torch_dtype and llm.model.config._attn_implementation == attention
+    reference = AutoModelForCausalLM.from_pretrained(lm_paths.models_dir / "llm" / "tiny-qwen2", local_files_only=True,
+                                                     dtype=torch_dtype, attn_implementation=attention).eval()
+    system, prompt = "Be brief.", "A cat on a warm windowsill."
+    result = narrate(ctx, llm, prompt, system, Sampling(max_new_tokens=10), use_chat_template=True)
+    assert result.token_ids == reference_ids(type(llm)(model=reference, tokenizer=llm.tokenizer), system, prompt, 10)
 
 
 def test_smollm2_narrate_equals_generate_and_knows_the_capital_of_france(smollm2, lm_paths) -> None:
@@ -191,6 +210,26 @@ def test_tokens_stream_as_growing_text_and_interrupt_keeps_what_was_generated(sm
     assert rec2.texts[-1] == partial + " [interrupted]" and partial in str(info.value)
 
 
+def test_streamed_text_is_sent_at_most_every_100_ms(smollm2, lm_paths) -> None:
+    """With the default interval, progress-text frames are ≥ 100 ms apart (the last one, sent when generation
+    ends, may come sooner); each shows the cumulative text."""
+    import time
+
+    from nodes.language.transformers_lm.generation import STREAM_INTERVAL
+
+    assert STREAM_INTERVAL == 0.1
+    rec = Recorder()
+    stamps: list[float] = []
+    show = rec.progress_text
+    rec.progress_text = lambda node, text: (stamps.append(time.perf_counter()), show(node, text))  # type: ignore
+    ctx = make_ctx(lm_paths, recorder=rec)
+    text, _ = LLMNarrate().execute(ctx, smollm2, "Tell a story about a dragon.", "You are a storyteller.",
+                                   max_new_tokens=32)
+    gaps = [b - a for a, b in zip(stamps, stamps[1:-1])]
+    assert len(stamps) >= 3 and min(gaps) >= 0.1, gaps
+    assert all(len(a) <= len(b) for a, b in zip(rec.texts, rec.texts[1:])) and rec.texts[-1].strip() == text
+
+
 def test_prefix_kv_is_reused_from_the_model_manager_with_identical_output(lm_paths) -> None:
     manager = ModelManager()
     ctx = make_ctx(lm_paths, manager)
@@ -237,6 +276,44 @@ def test_prefix_kv_reuse_with_draft_model_and_prompt_lookup_keeps_greedy_output(
                         prompt_lookup_tokens=8)
     assert looked_up.prefix_tokens_reused > 50
     assert looked_up.token_ids == reference_ids(smollm2, system, caption, 24)
+
+
+WORDS = ("the", "red", "lighthouse", "stands", "on", "a", "rocky", "headland", "gulls", "circle", "above", "sea",
+         "boat", "harbour", "waves", "break", "white", "against", "black", "rocks")
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@example(system_words=list(WORDS) * 3, user_words=list(WORDS[:8]), mode="draft", lookup=1, new_tokens=12)
+@example(system_words=list(WORDS) * 3, user_words=list(WORDS[:8]), mode="lookup", lookup=4, new_tokens=12)
+@given(system_words=st.lists(st.sampled_from(WORDS), min_size=2, max_size=60),
+       user_words=st.lists(st.sampled_from(WORDS), min_size=1, max_size=30),
+       mode=st.sampled_from(["plain", "draft", "lookup"]), lookup=st.integers(1, 8), new_tokens=st.integers(1, 12))
+def test_reused_prefix_gives_the_tokens_of_the_path_without_reuse(lm_paths, system_words, user_words, mode, lookup,
+                                                                 new_tokens) -> None:
+    """Differential: a call whose system prefix comes from the model manager's cache (after another call with
+    the same system prompt) equals the same call with no prefix cache at all, for plain greedy, a draft model
+    and prompt lookup — whatever the lengths of the prefix (below or above the reuse threshold) and prompt."""
+    import torch as _torch
+
+    from nodes.language.nodes import chat_prompt_ids
+    from nodes.language.transformers_lm.generation import generate
+
+    manager = ModelManager()
+    ctx = make_ctx(lm_paths, manager)
+    llm = LLMLoader().execute(ctx, "tiny-qwen2")[0].get()
+    draft = LLMLoader().execute(ctx, "tiny-qwen2-draft")[0].get() if mode == "draft" else None
+    system, prompt = " ".join(system_words), " ".join(user_words)
+    kw = {"draft": draft} if mode == "draft" else {"prompt_lookup_tokens": lookup} if mode == "lookup" else {}
+    sampling = Sampling(max_new_tokens=new_tokens)
+    narrate(ctx, llm, "warm " + prompt, system, Sampling(max_new_tokens=1), use_chat_template=True)
+    reused = narrate(ctx, llm, prompt, system, sampling, use_chat_template=True, **kw)
+    ids, _ = chat_prompt_ids(llm, system, prompt, True)
+    inputs = {"input_ids": _torch.tensor([ids]), "attention_mask": _torch.ones(1, len(ids), dtype=_torch.long)}
+    fresh = generate(llm, inputs, sampling, None, prefix_ids=None, models=None, **kw)
+    assert fresh.prefix_tokens_reused == 0
+    if len(system_words) >= 16:  # well above the reuse threshold: the cached prefix really was used
+        assert reused.prefix_tokens_reused > len(system_words)
+    assert reused.token_ids == fresh.token_ids, (mode, reused.prefix_tokens_reused)
 
 
 # -- image token budget ----------------------------------------------------------------------------
@@ -290,6 +367,20 @@ def test_quantized_llm_generates_and_bad_placements_are_refused_at_validation(lm
     if not torch.cuda.is_available():
         message = LLMLoader.validate_inputs(quantization="bnb_nf4", device="cuda")
         assert isinstance(message, str) and "no CUDA GPU" in message
+        # … and a queued prompt asking for it is refused before it runs, naming the node and the fix
+        from graph_runtime.registry import build_registry
+        from graph_runtime.validation import PromptValidator
+
+        validator = PromptValidator(build_registry(["nodes.text.display", "nodes.language.nodes"]), lm_paths)
+        for method in ("bnb_nf4", "bnb_int8"):
+            prompt = {"1": {"class_type": "LLMLoader", "inputs": {"model_name": "tiny-qwen2", "quantization": method,
+                                                                  "dtype": "auto", "attention": "auto",
+                                                                  "device": "cuda"}},
+                      "2": {"class_type": "LLMNarrate", "inputs": {"llm": ["1", 0], "prompt": "hi"}},
+                      "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 0]}}}
+            checked = validator.validate(prompt)
+            assert not checked.ok and "1" in checked.node_errors
+            assert "no CUDA GPU" in str(checked.node_errors["1"]) and "'cpu'" in str(checked.node_errors["1"])
     assert LLMLoader.validate_inputs(quantization="bnb_nf4", device="cpu") is True
     assert "unknown quantization" in VLMLoader.validate_inputs(quantization="gptq", device="cpu")
 
@@ -312,8 +403,13 @@ def test_caption_folder_resumes_after_an_interrupt_without_duplicate_work(lm_pat
     first = {p.name: p.stat().st_mtime_ns for p in done()}
     assert len(first) == 7 and not list(folder.glob(".*.tmp"))
     ctx._interrupted = lambda: False
+    rec.ticks.clear()
     result = VLMCaptionFolder().execute(ctx, vlm, str(folder), max_new_tokens=4, prefix="ohwx, ")
     captions, written = result.outputs
+    # one progress bar over the 20 images (4 token steps each), moving forward only, ending full
+    assert {total for _, total in rec.ticks} == {80} and rec.ticks[-1] == (80, 80)
+    assert [v for v, _ in rec.ticks] == sorted(v for v, _ in rec.ticks)
+    assert {k * 4 for k in range(1, 21)} <= {v for v, _ in rec.ticks}
     assert written == 13 and len(captions) == 20 and all(c.startswith("ohwx, ") for c in captions)
     assert {p.name: p.stat().st_mtime_ns for p in done() if p.name in first} == first  # untouched
     single = VLMCaption().execute(ctx, vlm, as_tensor(Image.open(folder / "img_03.png").convert("RGB")),
@@ -349,6 +445,17 @@ def test_every_loader_works_with_the_network_disabled(lm_paths, monkeypatch) -> 
     for name in ("tiny-qwen2", "tiny-qwen2-draft"):
         llm = LLMLoader().execute(ctx, name)[0].get()
         assert isinstance(LLMNarrate().execute(ctx, llm, "hi", max_new_tokens=2)[0], str)
+    # (GGUF loading with the network disabled: the ``smollm2`` fixture.)  The loaders of the packs' nodes and of ComfyUI's TextGenerate
+    from nodes.language.text_generate import TextGenerate
+    from nodes.loaders import CLIPLoader
+    from nodes.vision_language.compat import AILab_QwenVL, DownloadAndLoadFlorence2Model, Florence2Run
+
+    assert AILab_QwenVL().execute(ctx, "tiny-qwen2.5-vl", max_tokens=64, image=as_tensor(picture(9, (32, 32))))[0]
+    florence, = DownloadAndLoadFlorence2Model().execute(ctx, "tiny-florence-2", precision="fp32")
+    assert Florence2Run().execute(ctx, as_tensor(picture(9, (32, 32))), florence, task="caption", max_new_tokens=3,
+                                  num_beams=1, do_sample=False)[2]
+    clip, = CLIPLoader().execute(ctx, "tiny-qwen2.5-vl-te.safetensors", "qwen_image")
+    assert TextGenerate().execute(ctx, clip, prompt="hi", max_length=3, sampling_mode="off")[0] is not None
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", 9))
 

@@ -204,14 +204,17 @@ def process_start_time() -> float:
         return time.time()
 
 
-def serve(args: Any, paths: Any, options: Any, registry: Any) -> int:
-    """``server.py serve``: run the server until SIGINT/SIGTERM; returns the exit code."""
+def serve(args: Any, paths: Any, options: Any, registry: Any, *, runner: Any = None) -> int:
+    """``server.py serve``: run the server until SIGINT/SIGTERM; returns the exit code.
+
+    ``runner``: builds the runtime's prompt runner (the Ray pool with ``--ray``), None for the default.
+    """
     from graph_runtime.service import Runtime
 
     launched = process_start_time()
     paths.ensure_dirs()
     wipe_temp(paths.temp_dir)
-    runtime = Runtime(paths, options, registry=registry)
+    runtime = Runtime(paths, options, registry=registry, runner=runner)
     for failure in runtime.registry.failures:
         log.error("node pack %s failed to load: %s", failure.name, failure.error)
     max_upload = int(float(getattr(args, "max_upload_size", 100)) * 1024 * 1024)

@@ -95,7 +95,8 @@ class Hub:
         self._inbox: deque[tuple[Any, ...]] = deque()
         self._wake_pending = False
         self._drainer: asyncio.Future | None = None
-        self._running: dict[str, Any] | None = None  # prompt_id, client_id, node of the running prompt
+        # running prompts (several with Ray workers): prompt_id -> {client_id, node}
+        self._running: dict[str, dict[str, Any]] = {}
         self.dropped_clients = 0
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -193,13 +194,16 @@ class Hub:
     def _track_running(self, event: Event, client_id: str | None) -> None:
         kind = event.type
         if kind == "execution_start":
-            self._running = {"prompt_id": event.prompt_id, "client_id": client_id, "node": None}
-        elif kind == "executing" and self._running is not None:
+            self._running[event.prompt_id] = {"client_id": client_id, "node": None}
+        elif kind == "executing":
+            running = self._running.get(event.prompt_id)
+            if running is None:
+                return
             node = getattr(event, "node", None)
             if node is None:
-                self._running = None
+                del self._running[event.prompt_id]
             else:
-                self._running["node"] = node
+                running["node"] = node
 
     def _send_preview(self, event: Any, targets: list[Client]) -> None:
         if not targets or event.image is None:
@@ -322,10 +326,10 @@ class Hub:
         client.sender = asyncio.ensure_future(self._pump(client))
         self._offer(client, _dumps({"type": "status", "data": {
             "status": {"exec_info": {"queue_remaining": self._queue_remaining()}}, "sid": sid}}))
-        running = self._running
-        if running is not None and running["client_id"] == sid and running["node"] is not None:
-            self._offer(client, _dumps({"type": "executing", "data": {
-                "node": running["node"], "display_node": running["node"], "prompt_id": running["prompt_id"]}}))
+        for prompt_id, running in list(self._running.items()):
+            if running["client_id"] == sid and running["node"] is not None:
+                self._offer(client, _dumps({"type": "executing", "data": {
+                    "node": running["node"], "display_node": running["node"], "prompt_id": prompt_id}}))
         try:
             async for msg in ws:
                 if msg.type == WSMsgType.TEXT:

@@ -87,6 +87,7 @@ class Job:
     messages_json: str = field(default="[]", repr=False)
     meta_json: str = field(default="{}", repr=False)
     error_json: str | None = field(default=None, repr=False)
+    notes_json: str = field(default="{}", repr=False)
 
     # cached_property works on a frozen dataclass: it writes the instance __dict__
     # directly, not through __setattr__.
@@ -125,6 +126,11 @@ class Job:
         """Error detail of a failed job, else ``None``."""
         return None if self.error_json is None else json.loads(self.error_json)
 
+    @cached_property
+    def notes(self) -> dict[str, Any]:
+        """Facts about the run beyond ComfyUI's fields: ``worker`` (name, host, pid), models loaded."""
+        return json.loads(self.notes_json)
+
     def queue_item(self) -> list[Any]:
         """ComfyUI's 5-array ``[number, prompt_id, prompt, extra_data, outputs_to_execute]``.
 
@@ -137,9 +143,13 @@ class Job:
         return [number, self.prompt_id, self.prompt, self.extra_data, self.outputs_to_execute]
 
     def history_entry(self) -> dict[str, Any]:
-        """ComfyUI's HistoryEntry: ``{prompt, outputs, status{status_str, completed, messages}, meta}``."""
+        """ComfyUI's HistoryEntry: ``{prompt, outputs, status{status_str, completed, messages}, meta}``.
+
+        Genesis adds ``worker`` (``{name, host, pid}``: where the job ran) and ``genesis`` (the
+        other notes, e.g. the models the worker had to load) when the job has them.
+        """
         succeeded = self.status is JobStatus.SUCCEEDED
-        return {
+        entry: dict[str, Any] = {
             "prompt": self.queue_item(),
             "outputs": self.outputs,
             "status": {
@@ -149,6 +159,13 @@ class Job:
             },
             "meta": self.meta,
         }
+        notes = dict(self.notes)
+        worker = notes.pop("worker", None)
+        if worker:
+            entry["worker"] = worker
+        if notes:
+            entry["genesis"] = notes
+        return entry
 
 
 @dataclass(frozen=True)

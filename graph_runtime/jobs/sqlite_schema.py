@@ -14,8 +14,16 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from graph_runtime.jobs.records import Job, JobStatus
 
-SCHEMA_VERSION = 1
-"""Stored in ``PRAGMA user_version``; a newer file is refused rather than misread."""
+SCHEMA_VERSION = 2
+"""Stored in ``PRAGMA user_version``; a newer file is refused rather than misread.
+
+Version 2 added ``jobs.notes`` (JSON written with the result: where the job ran, what it loaded).
+"""
+
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    2: ("ALTER TABLE jobs ADD COLUMN notes TEXT NOT NULL DEFAULT '{}'",),
+}
+"""Statements that bring a file of version ``v - 1`` to version ``v``."""
 
 SQL_CHUNK = 500
 """Ids per ``IN (...)`` list, well below SQLite's variable limit."""
@@ -37,7 +45,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     error       TEXT,                         -- JSON or NULL
     meta        TEXT    NOT NULL DEFAULT '{}',
     messages    TEXT    NOT NULL DEFAULT '[]',
-    outputs     TEXT    NOT NULL DEFAULT '{}'
+    outputs     TEXT    NOT NULL DEFAULT '{}',
+    notes       TEXT    NOT NULL DEFAULT '{}' -- JSON facts about the run (worker, models loaded)
 );
 CREATE TABLE IF NOT EXISTS job_payloads (
     seq                INTEGER PRIMARY KEY REFERENCES jobs (seq) ON DELETE CASCADE,
@@ -59,7 +68,7 @@ CREATE TABLE IF NOT EXISTS counters (
 
 COLUMNS = (
     "prompt_id, number, priority, status, client_id, prompt, extra_data, outputs_to_execute, "
-    "created_at, started_at, finished_at, outputs, messages, meta, error, attempts"
+    "created_at, started_at, finished_at, outputs, messages, meta, error, attempts, notes"
 )
 RUN_ORDER = "priority DESC, number, seq"
 FINISHED_SQL = "status IN ('succeeded','failed','cancelled','interrupted')"
@@ -71,7 +80,7 @@ def dumps(value: Any) -> str:
 
 def row_to_job(row: Sequence[Any]) -> Job:
     (prompt_id, number, priority, status, client_id, prompt, extra_data, outputs_to_execute,
-     created_at, started_at, finished_at, outputs, messages, meta, error, attempts) = row
+     created_at, started_at, finished_at, outputs, messages, meta, error, attempts, notes) = row
     return Job(
         prompt_id=prompt_id,
         number=float(number),
@@ -89,6 +98,7 @@ def row_to_job(row: Sequence[Any]) -> Job:
         messages_json=messages,
         meta_json=meta,
         error_json=error,
+        notes_json=notes,
     )
 
 

@@ -57,6 +57,13 @@ Crash semantics (what happens after ``kill -9`` and a restart)
       Partial outputs and messages of the cut-off run are not kept (the executor only
       writes them at ``finish``).
 
+Schedulers
+    One worker claims with :meth:`JobStore.claim_next` (always the head of the queue).  A
+    pool of workers (``graph_runtime.cluster``) reads the run order with
+    :meth:`JobStore.pending_order`, picks a job for a worker (model affinity) and claims that
+    one with :meth:`JobStore.claim`; when the worker process dies mid-prompt,
+    :meth:`JobStore.requeue` applies the crash rule above to that one job.
+
 Concurrency
     The web server thread(s) and the executor worker use one :class:`JobStore`
     concurrently.  It holds a single connection guarded by one lock: SQLite serialises
@@ -101,6 +108,7 @@ from graph_runtime.jobs.sqlite_schema import (
     COLUMNS,
     FINISHED_SQL,
     RUN_ORDER,
+    MIGRATIONS,
     SCHEMA,
     SCHEMA_VERSION,
     chunks,
@@ -186,6 +194,10 @@ class JobStore:
             for statement in SCHEMA.split(";"):  # no ";" inside SCHEMA's statements
                 if statement.strip():
                     conn.execute(statement)
+            if version:  # an older file: bring it up to date (a new one was just created whole)
+                for step in range(version + 1, SCHEMA_VERSION + 1):
+                    for statement in MIGRATIONS.get(step, ()):
+                        conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             saved = conn.execute(
                 "SELECT value FROM counters WHERE name = 'next_number'"
@@ -338,6 +350,80 @@ class JobStore:
         self._committed()
         return row
 
+    def pending_order(self, limit: int | None = None) -> list[tuple[str, int]]:
+        """``(prompt_id, priority)`` of pending jobs in run order, without their JSON.
+
+        For a scheduler that picks among the first pending jobs (:meth:`claim`): cheap enough
+        to call on every change of the queue.
+        """
+        rows = self._select(
+            f"SELECT prompt_id, priority FROM jobs WHERE status = 'pending' ORDER BY {RUN_ORDER}"
+            " LIMIT ?", (-1 if limit is None else int(limit),),
+        )
+        return [(r[0], int(r[1])) for r in rows]
+
+    def claim(self, prompt_id: str) -> Job | None:
+        """Atomically move this pending job to ``running`` (a scheduler's pick, counted in
+        ``attempts`` like :meth:`claim_next`); ``None`` when it is not pending any more
+        (deleted, cancelled or claimed meanwhile)."""
+        with self._lock:
+            self._check_open()
+            with self._tx() as conn:
+                claimed = conn.execute(
+                    "UPDATE jobs SET status = 'running', started_at = ?, attempts = attempts + 1"
+                    " WHERE prompt_id = ? AND status = 'pending' RETURNING seq",
+                    (time.time(), prompt_id),
+                ).fetchone()
+                row = None if claimed is None else conn.execute(
+                    f"SELECT {COLUMNS} FROM job_rows WHERE seq = ?", claimed).fetchone()
+            self._committed()
+        return None if row is None else row_to_job(row)
+
+    def requeue(self, prompt_id: str, *, reason: str) -> bool:
+        """A running job whose worker process died: the same rule as :meth:`recover_after_restart`
+        for one job.  Below ``max_attempts`` it goes back to ``pending`` at the front of the queue
+        and True is returned; otherwise it is ``failed`` with ``reason`` (False).
+
+        Raises ``KeyError`` for an unknown id and :class:`JobStateError` when it is not running.
+        """
+        now = time.time()
+        with self._work:
+            self._check_open()
+            with self._tx() as conn:
+                row = conn.execute(
+                    "SELECT status, attempts FROM jobs WHERE prompt_id = ?", (prompt_id,)
+                ).fetchone()
+                if row is None:
+                    raise KeyError(prompt_id)
+                if row[0] != _RUNNING:
+                    raise JobStateError(f"job {prompt_id} is {row[0]}, not running")
+                retry = row[1] < self.max_attempts
+                if retry:
+                    lowest = conn.execute(
+                        "SELECT MIN(number) FROM jobs WHERE status = 'pending'"
+                    ).fetchone()[0]
+                    conn.execute(
+                        "UPDATE jobs SET status = 'pending', started_at = NULL,"
+                        " number = CASE WHEN ?1 IS NULL THEN number ELSE MIN(number, ?1) END"
+                        " WHERE prompt_id = ?2",
+                        (None if lowest is None else math.floor(lowest) - 1, prompt_id),
+                    )
+                else:
+                    error = dumps({"type": "worker_lost", "message": f"{reason}; not retried",
+                                   "details": "", "extra_info": {}})
+                    conn.execute(
+                        "UPDATE jobs SET status = 'failed', finished_at = ?, error = ?,"
+                        " finish_seq = ? WHERE prompt_id = ?",
+                        (now, error, self._take_finish_seq(), prompt_id),
+                    )
+                    evicted = self._evict_history_locked(conn, added=1)
+            if not retry:
+                self._history_len += 1 - evicted
+            self._committed()
+            if retry:
+                self._work.notify()
+        return retry
+
     def finish(
         self,
         prompt_id: str,
@@ -347,8 +433,11 @@ class JobStore:
         messages: list[Any],
         meta: dict[str, Any] | None = None,
         error: dict[str, Any] | None = None,
+        notes: dict[str, Any] | None = None,
     ) -> None:
         """Record the end of a running job and move it into history.
+
+        ``notes`` are merged into the job's notes (facts about the run: the worker that ran it …).
 
         Raises ``KeyError`` for an unknown id and :class:`JobStateError` when the job is
         not running (finishing twice is a bug in the caller, not something to paper over).
@@ -358,14 +447,14 @@ class JobStore:
             raise ValueError(f"finish() needs a finished status, got {status.value}")
         payload = (
             status.value, time.time(), dumps(outputs), dumps(messages), dumps(meta or {}),
-            None if error is None else dumps(error),
+            None if error is None else dumps(error), dumps(notes or {}),
         )
         with self._lock:
             self._check_open()
             with self._tx() as conn:
                 cur = conn.execute(
                     "UPDATE jobs SET status = ?, finished_at = ?, outputs = ?, messages = ?,"
-                    " meta = ?, error = ?, finish_seq = ?"
+                    " meta = ?, error = ?, notes = json_patch(notes, ?), finish_seq = ?"
                     " WHERE prompt_id = ? AND status = 'running'",
                     (*payload, self._take_finish_seq(), prompt_id),
                 )

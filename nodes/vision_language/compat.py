@@ -108,8 +108,9 @@ class DownloadAndLoadFlorence2Model(Node):
             dtype = "fp32"  # fp16 matmuls on the CPU are slow and lossy; the pack does the same off CUDA
         vlm = load_model(ctx, "vlm", model, LoadOptions("none", dtype, "eager" if attention == "eager" else "sdpa"),
                          vision=True, input_name="model")
-        if not vlm.get().is_florence:
-            raise NodeError(f"model: {model} is a {vlm.model_type} model, not Florence-2", input_name="model")
+        lm = vlm.get()
+        if not lm.is_florence:
+            raise NodeError(f"model: {model} is a {lm.model_type} model, not Florence-2", input_name="model")
         return (vlm,)
 
 

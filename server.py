@@ -1,8 +1,9 @@
 """Genesis entry point.
 
-    python server.py [serve] [--listen 127.0.0.1] [--port 8188] [--base-directory DIR]
+    python server.py [serve] [--listen 127.0.0.1] [--port 8188] [--base-directory DIR] [--token T]
     python server.py serve --ray auto|local [--ray-workers N]     (GPU workers on a Ray cluster)
-    python server.py run WORKFLOW [--set NODE.INPUT=VALUE ...] [--output-dir DIR]
+    python server.py run WORKFLOW [--set NODE.INPUT=VALUE ...] [--output-dir DIR] [--remote URL [--token T]]
+    python server.py queue list|clear|interrupt --remote URL [--token T]
     python server.py tiny-models [--dir DIR]
 
 Heavy libraries (torch, diffusers) are imported only when a node needs them, so the server
@@ -17,7 +18,7 @@ import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent
-SUBCOMMANDS = ("serve", "run", "tiny-models")
+SUBCOMMANDS = ("serve", "run", "queue", "tiny-models")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -58,6 +59,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-tiny-models", action="store_true",
                        help="do not create the tiny demo models when no checkpoint is present")
     serve.add_argument("--max-upload-size", type=float, default=100, help="upload limit in MB")
+    access = serve.add_argument_group("access (see web/auth.py)")
+    access.add_argument("--token", default=None,
+                        help="access token required off loopback (also GENESIS_TOKEN; default: tokens.json in the "
+                             "user directory, or one created there)")
+    access.add_argument("--require-token", action="store_true", help="require a token on loopback too")
+    access.add_argument("--multi-user", action="store_true",
+                        help="isolate users: each sees only their own queue, history and user data")
+    access.add_argument("--metrics-public", action="store_true", help="serve /metrics without a token")
+    access.add_argument("--enable-cors-header", dest="cors_origins", action="append", default=[], metavar="ORIGIN",
+                        help="let pages on ORIGIN call the API (repeatable; other origins stay refused)")
+    hooks = serve.add_argument_group("webhooks")
+    hooks.add_argument("--webhook-secret", default=None,
+                       help="HMAC key of X-Genesis-Signature (also GENESIS_WEBHOOK_SECRET; default: one stored in "
+                            "the user directory)")
+    hooks.add_argument("--webhook-attempts", type=int, default=5, help="deliveries tried per webhook")
     cluster = serve.add_argument_group("scale-out on Ray (pip install -e \".[ray]\"; see deploy/README.md)")
     cluster.add_argument("--ray", metavar="auto|local|ADDRESS", default=None,
                          help="run prompts on Ray workers, one per GPU: 'auto' joins the cluster this machine "
@@ -77,6 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override an input value (JSON values are parsed: 5, 1.5, true, \"text\")")
     run.add_argument("--output-dir", type=Path, default=None, help="where SaveImage writes (default base/output)")
     run.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    run.add_argument("--remote", default=None, metavar="URL",
+                     help="run on a running server (http://host:port) and download the outputs")
+    run.add_argument("--token", default=None, help="access token of the remote server (also GENESIS_TOKEN)")
+    queue = sub.add_parser("queue", help="list, clear or interrupt the queue of a running server")
+    queue.add_argument("action", choices=("list", "clear", "interrupt"))
+    queue.add_argument("prompt_id", nargs="?", default=None, help="interrupt: only this prompt")
+    queue.add_argument("--remote", required=True, metavar="URL", help="the server, e.g. http://127.0.0.1:8188")
+    queue.add_argument("--token", default=None, help="access token (also GENESIS_TOKEN)")
+    queue.add_argument("--json", action="store_true", help="list: print the server's /queue answer")
     tiny = sub.add_parser("tiny-models", help="write tiny random-weight models for tests and first start")
     tiny.add_argument("--dir", type=Path, default=None, help="models directory (default base/models)")
     tiny.add_argument("--base-directory", type=Path, default=None)
@@ -157,6 +182,16 @@ def main(argv: list[str] | None = None) -> int:
 
         target = args.dir or ((args.base_directory or REPO_ROOT) / "models")
         return tiny_main(["--dir", str(target)])
+    if args.command == "queue":
+        from web.client import queue_command, token_of
+
+        return queue_command(args.action, args.remote, token=token_of(args), prompt_id=args.prompt_id,
+                             as_json=args.json)
+    if args.command == "run" and args.remote:
+        from web.client import run_remote, token_of
+
+        return run_remote(args.workflow, args.remote, token=token_of(args), overrides=args.overrides,
+                          output_dir=args.output_dir or Path("output"), progress=not args.quiet)
     if args.command == "run":
         from graph_runtime.cli import run_workflow_command
 

@@ -17,6 +17,7 @@ with affinity each checkpoint is loaded once per worker.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -198,16 +199,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", default="1,2,4")
     parser.add_argument("--affinity-prompts", type=int, default=20)
     parser.add_argument("--skip-affinity", action="store_true")
+    parser.add_argument("--json", type=Path, default=None, help="also write the measured rows here")
     args = parser.parse_args(argv)
+    measured: dict = {}
     counts = [int(x) for x in args.workers.split(",")]
     workdir = Path(tempfile.mkdtemp(prefix="genesis-scaleout-"))
     registry = make_registry()
-    # a local cluster as with --ray local (its reaper ends it even if the bench is killed)
-    session = RaySession("local", num_cpus=2, num_gpus=max(counts),
-                         init_kwargs={"namespace": "genesis-bench", "log_to_driver": False})
+    import ray
+
+    if ray.is_initialized():  # a cluster this process already runs (the test session's: tests/test_cluster_bench.py)
+        session = RaySession("attached")
+    else:  # a local cluster as with --ray local (its reaper ends it even if the bench is killed)
+        session = RaySession("local", num_cpus=2, num_gpus=max(counts),
+                             init_kwargs={"namespace": "genesis-bench", "log_to_driver": False})
     session.start()
     try:
         rows = throughput(workdir, registry, counts, args.prompts, args.sleep)
+        if args.json is not None:
+            measured["throughput"] = rows
         print(f"\n{args.prompts} prompts, each one node sleeping {args.sleep:g} s, "
               "through the queue and the Ray pool\n")
         print("| workers | wall (s) | prompts/s | speed-up vs 1 | dispatcher per prompt | overhead per prompt |")
@@ -217,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"| {r['dispatch_ms']:.2f} ms | {r['overhead_ms']:.1f} ms |")
         if not args.skip_affinity:
             rows = affinity(workdir, registry, args.affinity_prompts)
+            if args.json is not None:
+                measured["affinity"] = [{**r, "per_worker": [[w, c, n] for (w, c), n in r["per_worker"].items()]}
+                                        for r in rows]
             print(f"\n{args.affinity_prompts} prompts alternating two tiny SD1.5 checkpoints on 2 workers, "
                   f"model budget {rows[0]['budget_mb']:.0f} MB per worker (one checkpoint)\n")
             print("| dispatch | wall (s) | checkpoint loads | loads per (worker, checkpoint) |")
@@ -226,8 +238,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"| {'affinity' if r['affinity'] else 'least recently used'} | {r['wall']:.1f} "
                       f"| {r['loads']} | {per} |")
     finally:
-        session.stop()
+        session.stop()  # an attached session is left running
         shutil.rmtree(workdir, ignore_errors=True)
+    if args.json is not None:
+        args.json.write_text(json.dumps(measured, indent=1))
     return 0
 
 

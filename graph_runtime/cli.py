@@ -12,11 +12,13 @@ import json
 import signal
 import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 
 from graph_runtime.context import RuntimeOptions
 from graph_runtime.events import Event, Executing, Progress
 from graph_runtime.executor import ExecutionReport, Executor, InterruptToken
+from graph_runtime.file_hashes import FileHashes
+from graph_runtime.model_manager import manager_for
 from graph_runtime.node_info import object_info
 from graph_runtime.paths import FolderPaths
 from graph_runtime.registry import NodeRegistry
@@ -54,6 +56,13 @@ def apply_overrides(prompt: dict[str, Any], overrides: list[str]) -> dict[str, A
 
 def load_api_prompt(path: Path, registry: NodeRegistry, paths: FolderPaths) -> tuple[dict, dict | None]:
     """The API prompt of a workflow file and its UI workflow (for PNG metadata), if any."""
+    return load_prompt_file(path, lambda: object_info(registry, paths))
+
+
+def load_prompt_file(path: Path, node_defs: Callable[[], dict[str, Any]]) -> tuple[dict, dict | None]:
+    """The API prompt of a workflow file and its UI workflow, converting UI workflows with the
+    node definitions ``node_defs()`` returns (called only when needed: the remote CLI fetches
+    them from the server)."""
     from graph_runtime.workflow_files import WorkflowFormatError, load_workflow_file
     from graph_runtime.workflow_files.ui_to_api import convert_ui_to_api
 
@@ -68,7 +77,7 @@ def load_api_prompt(path: Path, registry: NodeRegistry, paths: FolderPaths) -> t
     # since), exactly as the canvas does when the file is opened.
     if loaded.ui_workflow is not None:
         try:
-            return convert_ui_to_api(loaded.ui_workflow, object_info(registry, paths)), loaded.ui_workflow
+            return convert_ui_to_api(loaded.ui_workflow, node_defs()), loaded.ui_workflow
         except WorkflowFormatError as exc:
             if loaded.api_prompt is None:
                 raise UsageError(f"{path}: {exc}") from exc
@@ -77,7 +86,7 @@ def load_api_prompt(path: Path, registry: NodeRegistry, paths: FolderPaths) -> t
     raise UsageError(f"{path}: no workflow found (expected API JSON, UI JSON or a PNG with a workflow)")
 
 
-class _ProgressPrinter:
+class ProgressPrinter:
     """A tqdm bar over nodes, with the step count of the running node in its postfix."""
 
     def __init__(self, total: int, stream: TextIO, enabled: bool) -> None:
@@ -122,8 +131,10 @@ def run_workflow(path: Path, paths: FolderPaths, options: RuntimeOptions, *, reg
     if not result.ok:
         print(f"error: the workflow is not valid\n{result.summary()}", file=err)
         return EXIT_INVALID
-    executor = Executor(registry, paths, options=options)
-    printer = _ProgressPrinter(len(result.prompt), err, progress)
+    executor = Executor(registry, paths, options=options,
+                        models=manager_for(options, hashes=FileHashes(paths.user_dir / "model_hashes.json")))
+    executor.models.begin_prompt()  # saved pictures record the models this run used
+    printer = ProgressPrinter(len(result.prompt), err, progress)
     printer.class_of = {k: v["class_type"] for k, v in result.prompt.items()}
     token = InterruptToken()
     previous = signal.signal(signal.SIGINT, lambda *_: token.set()) if _main_thread() else None

@@ -247,6 +247,17 @@ _SCOPE: contextvars.ContextVar["_NodeScope | None"] = contextvars.ContextVar("ge
 
 
 @dataclass
+class PromptModels:
+    """The models one prompt used, in first-use order (:meth:`ModelManager.begin_prompt`)."""
+
+    used: dict[Hashable, "ModelHandle"] = field(default_factory=dict)
+
+
+_PROMPT_MODELS: contextvars.ContextVar["PromptModels | None"] = contextvars.ContextVar("genesis_prompt_models",
+                                                                                      default=None)
+
+
+@dataclass
 class _NodeScope:
     node_id: str
     used: dict[Hashable, "ModelHandle"] = field(default_factory=dict)
@@ -289,8 +300,8 @@ class ModelManager:
         self._slots: OrderedDict[Hashable, _Slot] = OrderedDict()  # LRU order: first = least recent
         self._handles: "weakref.WeakValueDictionary[Hashable, ModelHandle]" = weakref.WeakValueDictionary()
         self._lock = threading.RLock()
-        self._prompt_used: dict[Hashable, ModelHandle] | None = None
         self.loads = 0
+        self.load_seconds = 0.0  # time spent in loaders (``/metrics``)
         self.hits = 0
         self.evictions = 0
         self.offloads = 0
@@ -393,15 +404,34 @@ class ModelManager:
         log.warning("out of memory: unloaded %.1f MB of models not needed by the node, retrying", freed / 2**20)
         return freed
 
-    def begin_prompt(self) -> None:
-        """Start recording which models a prompt uses (see :meth:`prompt_models`)."""
-        with self._lock:
-            self._prompt_used = {}
+    def begin_prompt(self) -> "PromptModels":
+        """Start recording which models a prompt uses (see :meth:`prompt_models`).
 
-    def prompt_models(self, *, with_sha256: bool = True) -> list[dict[str, Any]]:
-        """The models used since :meth:`begin_prompt`: files (with SHA-256 when hashes are known), dtype, device."""
+        The record lives in the calling context (a ``contextvars`` value, copied into the asyncio
+        tasks and ``asyncio.to_thread`` calls the prompt's nodes run in), so prompts in flight at
+        once — an image prompt on the GPU and a parked video prompt that resumes later — each
+        keep their own list.  Returns the record, for callers outside that context.
+        """
+        record = PromptModels()
+        _PROMPT_MODELS.set(record)
+        return record
+
+    def note_prompt_use(self, handles: Iterable["ModelHandle"], record: "PromptModels | None" = None) -> None:
+        """Count handles as used by the current prompt without loading them: the models behind
+        node outputs replayed from the output cache still made this prompt's results."""
+        record = record if record is not None else _PROMPT_MODELS.get()
+        if record is None:
+            return
         with self._lock:
-            used = list((self._prompt_used or {}).values())
+            for handle in handles:
+                record.used.setdefault(handle.key, handle)
+
+    def prompt_models(self, *, with_sha256: bool = True, record: "PromptModels | None" = None) -> list[dict[str, Any]]:
+        """The models used since :meth:`begin_prompt` (of this context, or ``record``): files (with
+        SHA-256 when hashes are known), dtype, device."""
+        record = record if record is not None else _PROMPT_MODELS.get()
+        with self._lock:
+            used = list(record.used.values()) if record is not None else []
         rows = []
         for handle in used:
             row = handle.describe()
@@ -509,8 +539,9 @@ class ModelManager:
         if scope is not None and handle.key not in scope.used:
             scope.used[handle.key] = handle
             slot.pins += 1
-        if self._prompt_used is not None:
-            self._prompt_used.setdefault(handle.key, handle)
+        record = _PROMPT_MODELS.get()
+        if record is not None:
+            record.used.setdefault(handle.key, handle)
 
     def _acquire(self, handle: ModelHandle) -> Any:
         with self._lock:
@@ -530,11 +561,14 @@ class ModelManager:
                     return slot.value
                 if handle._estimate:
                     self._make_room_locked(handle.wanted_device, int(handle._estimate), {handle.key})
+            started = time.perf_counter()
             value = handle._loader()
+            loaded_in = time.perf_counter() - started
             size = int(handle.ops.size_bytes(value))
             device = handle.ops.device_of(value)
             with self._lock:
                 self.loads += 1
+                self.load_seconds += loaded_in
                 slot = _Slot(value, size, device)
                 self._slots[handle.key] = slot
                 self._slots.move_to_end(handle.key)

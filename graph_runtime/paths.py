@@ -14,6 +14,8 @@ from typing import Iterable
 
 import yaml
 
+from graph_runtime.listings import ListingCache
+
 log = logging.getLogger(__name__)
 
 MODEL_EXTENSIONS = frozenset({".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft", ".gguf"})
@@ -87,8 +89,14 @@ class FolderPaths:
     user_dir: Path = field(init=False)
     custom_nodes_dirs: list[Path] = field(init=False)
     folders: dict[str, list[Path]] = field(init=False)
+    listings: ListingCache = field(init=False, repr=False, compare=False)
+    """Listings cached by directory mtimes, shared by object_info and validation."""
+    announced: dict[str, frozenset[str]] = field(init=False, repr=False, compare=False)
+    """Model names being written right now (listed before they exist; see :meth:`announce`)."""
 
     def __post_init__(self) -> None:
+        self.listings = ListingCache()
+        self.announced = {}
         self.base = Path(self.base).resolve()
         self.models_dir = self.base / "models"
         self.input_dir = self.base / "input"
@@ -147,22 +155,47 @@ class FolderPaths:
         return self.folders[folder]
 
     def list_models(self, folder: str) -> list[str]:
-        """Sorted relative names (with subfolders, '/' separated) of the models in a folder."""
+        """Sorted relative names (with subfolders, '/' separated) of the models in a folder.
+
+        Cached until a directory of the folder changes (see :mod:`graph_runtime.listings`).
+        """
         folder = FOLDER_ALIASES.get(folder, folder)
+        roots = [str(r) for r in self.model_dirs(folder)]
+        names = self.listings.get(("models", folder, tuple(roots)), roots, lambda: self._walk_models(folder))
+        coming = self.announced.get(folder)
+        return sorted(set(names) | coming) if coming else names
+
+    def announce(self, folder: str, names: Iterable[str]) -> None:
+        """List ``names`` in ``folder`` before they exist: files being written right now.
+
+        On a first start the demo models take seconds to write; the canvas, validation and
+        object_info see them at once, while the runtime holds its worker until they are there.
+        """
+        folder = FOLDER_ALIASES.get(folder, folder)
+        self.announced = {**self.announced, folder: self.announced.get(folder, frozenset()) | frozenset(names)}
+
+    def withdraw_announced(self) -> None:
+        """Forget every announced name (the files exist now, or will not)."""
+        self.announced = {}
+
+    def _walk_models(self, folder: str) -> tuple[list[str], list[str]]:
         want_dirs = folder in DIRECTORY_FOLDERS
         names: set[str] = set()
+        walked: list[str] = []
         for root in self.model_dirs(folder):
             if not root.is_dir():
                 continue
             if want_dirs:
                 names.update(_model_dirs_under(root))
+                walked += [str(root)] + [str(p) for p in root.iterdir() if p.is_dir()]
                 continue
             for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+                walked.append(dirpath)
                 dirnames[:] = [d for d in dirnames if not d.startswith(".")]
                 for fn in filenames:
                     if Path(fn).suffix.lower() in MODEL_EXTENSIONS:
                         names.add(Path(dirpath, fn).relative_to(root).as_posix())
-        return sorted(names)
+        return sorted(names), walked
 
     def model_path(self, folder: str, name: str) -> Path | None:
         """The full path of a model by its listed name, or None if absent from every directory."""
@@ -176,10 +209,16 @@ class FolderPaths:
         return None
 
     def list_input_images(self) -> list[str]:
-        if not self.input_dir.is_dir():
-            return []
-        return sorted(p.name for p in self.input_dir.iterdir()
-                      if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        """Image files directly in ``input/`` (cached like :meth:`list_models`)."""
+        root = str(self.input_dir)
+
+        def walk() -> tuple[list[str], list[str]]:
+            if not self.input_dir.is_dir():
+                return [], []
+            return sorted(p.name for p in self.input_dir.iterdir()
+                          if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS), [root]
+
+        return self.listings.get(("input", root), [root], walk)
 
     def directory_for(self, kind: str) -> Path:
         """The data directory for ComfyUI's ``type`` values: output, input, temp."""

@@ -1,9 +1,14 @@
 """The runtime service: validation → durable queue → a prompt runner → events.
 
-This is the one object the web layer and the CLI talk to.  Data flows one way: ``submit``
+This is the one object the CLI talks to, and the web layer through its async façade
+(:class:`graph_runtime.async_runtime.AsyncRuntime`).  Data flows one way: ``submit``
 validates and enqueues; a :class:`PromptRunner` claims jobs from the SQLite store, runs them
 and hands each report to :meth:`Runtime.record`, which writes history; every event goes to the
-registered listeners together with the client id of the prompt it belongs to.
+registered listeners together with the client id of the prompt it belongs to, and every job
+that leaves the queue to the completion listeners as a :class:`JobOutcome`.
+
+Thread model: ``submit`` and the control methods may be called from any thread (the façade
+calls them from its thread pools); the runner claims and executes on threads of its own.
 
 Where prompts run is the runner's business, behind one small interface: :class:`LocalWorker`
 (this process, through this runtime's :class:`~graph_runtime.executor.Executor`) or
@@ -28,12 +33,14 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from graph_runtime.context import RuntimeOptions
-from graph_runtime.events import Event, Executing, QueueStatus
+from graph_runtime.events import Event, Executing, ExecutionCached, QueueStatus
 from graph_runtime.executor import ExecutionReport, Executor, InterruptToken
+from graph_runtime.file_hashes import FileHashes
 from graph_runtime.jobs import DuplicateJobError, Job, JobStatus, JobStore
 from graph_runtime.jobs.remote import RemoteJobStore
+from graph_runtime.prompt_threads import PromptThreads
 from graph_runtime.lanes import Lanes
-from graph_runtime.model_manager import manager_for
+from graph_runtime.model_manager import PromptModels, manager_for, model_handles_in
 from graph_runtime.node_info import node_info, object_info
 from graph_runtime.paths import FolderPaths
 from graph_runtime.registry import NodeRegistry
@@ -42,6 +49,7 @@ from graph_runtime.validation import PromptError, PromptValidator, ValidationRes
 log = logging.getLogger(__name__)
 
 Listener = Callable[[Event, "str | None"], None]
+CompletionListener = Callable[["JobOutcome"], None]
 
 _STATUS_BY_REPORT = {"success": JobStatus.SUCCEEDED, "error": JobStatus.FAILED, "interrupted": JobStatus.INTERRUPTED}
 
@@ -66,6 +74,25 @@ class SubmitResult:
             number = int(self.number) if self.number is not None and float(self.number).is_integer() else self.number
             return {"prompt_id": self.prompt_id, "number": number, "node_errors": self.node_errors}
         return {"error": self.error, "node_errors": self.node_errors}
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """A job that left the queue: ran to an end, or was cancelled or removed before running.
+
+    ``status`` is its final state, None when it was removed (no history entry); ``report``
+    is the executor's report when it ran.  By the time listeners hear of it, the store
+    holds the final state.
+    """
+
+    prompt_id: str
+    status: JobStatus | None
+    owner: str | None = None
+    extra_data: dict[str, Any] = field(default_factory=dict)
+    report: ExecutionReport | None = None
+    queued_seconds: float | None = None
+    """From enqueue to the worker taking it (None when it never ran)."""
+    run_seconds: float | None = None
 
 
 class PromptRunner(Protocol):
@@ -114,9 +141,15 @@ class Runtime:
         self.store = JobStore(db_path or paths.user_dir / "jobs.sqlite3")
         self.remote_jobs = RemoteJobStore(self.store.db_path)  # same file, own table and connection
         self.lanes = Lanes(self.remote_jobs, network_concurrency=self.options.network_concurrency)
-        self.models = manager_for(self.options)
+        # The record of every job names the model files it used with their SHA-256 (hashed once
+        # per file version, remembered across restarts).
+        self.models = manager_for(self.options, hashes=FileHashes(paths.user_dir / "model_hashes.json"))
         self.executor = Executor(self.registry, paths, models=self.models, options=self.options, lanes=self.lanes)
         self._listeners: list[Listener] = []
+        self._completion_listeners: list[CompletionListener] = []
+        self._holds: list[threading.Event] = []
+        self.queue_remaining = 0
+        """Pending + running, as of the last queue change (read without touching SQLite)."""
         self.last_report: ExecutionReport | None = None
         self.runner: PromptRunner = runner(self) if runner is not None else LocalWorker(self)
 
@@ -145,7 +178,31 @@ class Runtime:
                 log.exception("listener failed on %s", event.type)
 
     def emit_status(self) -> None:
-        self.emit(QueueStatus(None, self.store.queue_remaining()), None)
+        self.queue_remaining = self.store.queue_remaining()
+        self.emit(QueueStatus(None, self.queue_remaining), None)
+
+    def add_completion_listener(self, listener: CompletionListener) -> None:
+        """``listener(outcome)`` for every job that leaves the queue (runner or caller thread)."""
+        self._completion_listeners.append(listener)
+
+    def remove_completion_listener(self, listener: CompletionListener) -> None:
+        if listener in self._completion_listeners:
+            self._completion_listeners.remove(listener)
+
+    def _completed(self, outcome: JobOutcome) -> None:
+        for listener in list(self._completion_listeners):
+            try:
+                listener(outcome)
+            except Exception:
+                log.exception("completion listener failed on %s", outcome.prompt_id)
+
+    def job_ended(self, job: Job, status: JobStatus, report: ExecutionReport | None = None) -> None:
+        """Tell the completion listeners that ``job`` ended as ``status`` (the store already says so).
+        :meth:`record` calls it; a runner that ends a job another way (a worker lost twice) too."""
+        started = job.started_at if job.started_at is not None else job.created_at
+        self._completed(JobOutcome(job.prompt_id, status, job.owner, job.extra_data, report,
+                                   queued_seconds=max(0.0, started - job.created_at),
+                                   run_seconds=report.seconds if report is not None else None))
 
     # -- queueing ------------------------------------------------------------------------------
     def to_api_prompt(self, data: dict[str, Any]) -> dict[str, Any]:
@@ -161,8 +218,11 @@ class Runtime:
 
     def submit(self, prompt: Any, *, client_id: str | None = None, extra_data: dict[str, Any] | None = None,
                front: bool = False, number: float | None = None, partial_targets: list[str] | None = None,
-               prompt_id: str | None = None) -> SubmitResult:
-        """Validate and enqueue a prompt (API format, or a UI workflow that is converted first)."""
+               prompt_id: str | None = None, owner: str | None = None) -> SubmitResult:
+        """Validate and enqueue a prompt (API format, or a UI workflow that is converted first).
+
+        ``owner``: the user the job belongs to (multi-user mode).
+        """
         extra_data = dict(extra_data or {})
         if is_ui_workflow(prompt):
             from graph_runtime.workflow_files.errors import WorkflowFormatError
@@ -183,7 +243,7 @@ class Runtime:
         try:
             job = self.store.enqueue(prompt_id, result.prompt, extra_data=extra_data,
                                      outputs_to_execute=result.outputs, client_id=client_id, front=front,
-                                     number=number)
+                                     number=number, owner=owner)
         except DuplicateJobError:
             err = PromptError("invalid_prompt", "Duplicate prompt id", f"prompt_id {prompt_id} already exists")
             return SubmitResult(False, error=err.to_dict())
@@ -192,35 +252,56 @@ class Runtime:
         return SubmitResult(True, job.prompt_id, job.number, node_errors=result.node_errors, validation=result)
 
     # -- control -------------------------------------------------------------------------------
-    def interrupt(self, prompt_id: str | None = None) -> bool:
-        """Interrupt a running prompt (``prompt_id``, or the one running longest)."""
+    def interrupt(self, prompt_id: str | None = None, *, owner: str | None = None) -> bool:
+        """Interrupt a running prompt (``prompt_id``, or the one running longest) — ``owner``'s only,
+        when given (multi-user mode)."""
+        if owner is not None:
+            mine = [pid for pid in self.runner.running_prompt_ids()
+                    if (job := self.store.get(pid)) is not None and job.owner == owner]
+            prompt_id = prompt_id if prompt_id is not None else next(iter(mine), None)
+            if prompt_id not in mine:
+                return False
         return self.runner.interrupt(prompt_id)
 
     def running_prompt_id(self) -> str | None:
         running = self.runner.running_prompt_ids()
         return running[0] if running else None
 
-    def cancel(self, prompt_ids: list[str]) -> dict[str, list[str]]:
+    def running_prompt_ids(self) -> list[str]:
+        """Every prompt running now: on the GPU, on a Ray worker, or parked on the network lane."""
+        return self.runner.running_prompt_ids()
+
+    def cancel(self, prompt_ids: list[str], *, owner: str | None = None) -> dict[str, list[str]]:
         """Cancel pending jobs (kept in history as cancelled) and interrupt running ones."""
-        result = self.store.cancel(prompt_ids)
+        result = self.store.cancel(prompt_ids, owner=owner)
         for pid in result.running:
-            self.interrupt(pid)
+            self.interrupt(pid, owner=owner)
         self.emit_status()
+        for pid in result.cancelled:
+            job = self.store.get(pid)
+            self._completed(JobOutcome(pid, JobStatus.CANCELLED, job.owner if job else None,
+                                       job.extra_data if job else {}))
         return {"cancelled": list(result.cancelled), "interrupted": list(result.running)}
 
-    def delete_pending(self, prompt_ids: list[str]) -> list[str]:
-        removed = self.store.delete_pending(prompt_ids)
+    def delete_pending(self, prompt_ids: list[str], *, owner: str | None = None) -> list[str]:
+        """Remove pending jobs; a listed id that is running is interrupted instead (ComfyUI)."""
+        removed = self.store.delete_pending(prompt_ids, owner=owner)
         running = set(self.runner.running_prompt_ids())
         for pid in prompt_ids:
             if pid not in removed and pid in running:
-                self.interrupt(pid)
+                self.interrupt(pid, owner=owner)
         self.emit_status()
+        for pid in removed:
+            self._completed(JobOutcome(pid, None, owner))
         return removed
 
-    def clear_pending(self) -> int:
-        count = self.store.clear_pending()
+    def clear_pending(self, *, owner: str | None = None) -> list[str]:
+        """Remove every pending job (``owner``'s only, when given); returns their ids."""
+        removed = self.store.clear_pending(owner=owner)
         self.emit_status()
-        return count
+        for pid in removed:
+            self._completed(JobOutcome(pid, None, owner))
+        return removed
 
     def free(self, *, unload_models: bool = False, free_memory: bool = False) -> None:
         """Drop caches/models now if idle, else right after the running prompt (``POST /free``)."""
@@ -241,11 +322,31 @@ class Runtime:
             self.models.free(unload_models=unload_models, free_memory=free_memory)
 
     # -- running -------------------------------------------------------------------------------
+    def hold(self, until: threading.Event) -> None:
+        """Run nothing before ``until`` is set (jobs still queue meanwhile).
+
+        The server holds its runner while the demo models of a first start are written, so a
+        Run pressed in those seconds waits for them instead of failing.
+        """
+        self._holds.append(until)
+
+    def wait_unheld(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for the holds to be released; True when none is left (runners
+        call this before claiming)."""
+        held = next((gate for gate in self._holds if not gate.is_set()), None)
+        return held is None or (held.wait(timeout) and self.wait_unheld(0))
+
+    def is_alive(self) -> bool:
+        """Whether the runner's threads are running (``/ready``)."""
+        alive = getattr(self.runner, "is_alive", None)
+        return bool(alive()) if callable(alive) else True
+
     def start(self) -> None:
         """Recover jobs cut off by a crash, then start the runner."""
         report = self.store.recover_after_restart()
         if report.requeued or report.failed:
             log.warning("after restart: requeued %s, failed %s", report.requeued, report.failed)
+        self.queue_remaining = self.store.queue_remaining()
         live = [job.prompt_id for job in self.store.pending()]  # requeued prompts keep their remote jobs
         dropped = self.remote_jobs.prune(live)
         if dropped:
@@ -270,10 +371,12 @@ class Runtime:
         for nid, info in timings.items():
             meta.setdefault(nid, {"node_id": nid, "display_node": nid, "parent_node": None, "real_node_id": nid})
             meta[nid]["execution"] = info
-        self.store.finish(job.prompt_id, _STATUS_BY_REPORT[report.status], outputs=report.outputs,
+        status = _STATUS_BY_REPORT[report.status]
+        self.store.finish(job.prompt_id, status, outputs=report.outputs,
                           messages=report.messages, meta=meta, error=report.error, notes=notes)
         self.last_report = report
         self.emit_status()
+        self.job_ended(job, status, report)
         self.emit(Executing(job.prompt_id, None), job.client_id)
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
@@ -304,7 +407,8 @@ class LocalWorker:
         self._stopping = threading.Event()
         self._running_lock = threading.Lock()
         self._running: dict[str, InterruptToken] = {}  # claimed prompts: the one on the GPU and the parked ones
-        self._threads: dict[str, threading.Thread] = {}
+        # Prompt threads are kept between prompts (prompt_threads.py); each closes its loop when it ends.
+        self._threads = PromptThreads(on_exit=runtime.executor.close)
         self._pending_free: dict[str, bool] = {}
         self.identity = {"name": "server", "host": socket.gethostname(), "pid": os.getpid()}
         """Where its prompts run, for history (``worker``)."""
@@ -315,6 +419,8 @@ class LocalWorker:
 
     def start(self) -> None:
         self._stopping.clear()
+        if self._threads.closed:  # started again after a stop
+            self._threads = PromptThreads(on_exit=self.runtime.executor.close)
         if self.claims:
             self._worker = threading.Thread(target=self._work, name="genesis-worker", daemon=True)
             self._worker.start()
@@ -330,11 +436,16 @@ class LocalWorker:
         if self._worker is not None:
             self._worker.join(timeout)
         self.runtime.lanes.close()
-        for thread in list(self._threads.values()):
-            thread.join(timeout)
+        self._threads.close(timeout)
 
     def wake(self) -> None:
         """Nothing to do: the store wakes :meth:`JobStore.claim_next` on enqueue."""
+
+    def is_alive(self) -> bool:
+        """Whether the claiming thread runs (``/ready``); a worker that never claims is alive while started."""
+        if not self.claims:
+            return not self._stopping.is_set()
+        return self._worker is not None and self._worker.is_alive() and not self._stopping.is_set()
 
     def interrupt(self, prompt_id: str | None = None) -> bool:
         """Interrupt a running prompt: ``prompt_id``, or (when None) the one running nodes on the GPU
@@ -371,22 +482,18 @@ class LocalWorker:
         return self.gate.wait_free(0)
 
     def run_claimed(self, job: Job) -> bool:
-        """Take the GPU gate for a claimed job and run it on a thread of its own (False: stopping)."""
+        """Take the GPU gate for a claimed job and run it on a prompt thread (False: stopping)."""
         # Hand the gate to the new prompt before anything else can be claimed.
         if not self.gate.acquire(job.prompt_id, interrupted=self._stopping.is_set):
             return False  # stopping: the job stays running and is recovered at the next start
-        thread = threading.Thread(target=self._run_claimed, args=(job,), daemon=True,
-                                  name=f"genesis-prompt-{job.prompt_id[:8]}")
-        with self._running_lock:
-            self._threads[job.prompt_id] = thread
-        thread.start()
+        self._threads.submit(lambda: self._run_claimed(job))
         return True
 
     def _work(self) -> None:
         """Claim a prompt whenever the GPU gate is free and run it on a thread of its own."""
         store = self.runtime.store
         while not self._stopping.is_set():
-            if not self.gate.wait_free(0.25):
+            if not self.runtime.wait_unheld(0.25) or not self.gate.wait_free(0.25):
                 continue
             job = store.claim_next(timeout=0.25)
             if job is None:
@@ -401,10 +508,7 @@ class LocalWorker:
             log.exception("worker failed on %s", job.prompt_id)
             self._end_crashed(job, exc)
         finally:
-            self.gate.release(job.prompt_id)
-            self.runtime.executor.close()  # this thread's event loop
-            with self._running_lock:
-                self._threads.pop(job.prompt_id, None)
+            self.gate.release(job.prompt_id)  # the thread and its event loop stay for the next prompt
 
     def _end_crashed(self, job: Job, exc: Exception) -> None:
         """Record ``job`` as failed when the worker's own code raised outside the executor (once only:
@@ -423,15 +527,20 @@ class LocalWorker:
         """Execute a claimed job, store its history and announce the end (None: detached at shutdown)."""
         runtime = self.runtime
         token = InterruptToken()
-        runtime.models.begin_prompt()  # models.prompt_models() then lists what this prompt used (files, SHA-256)
+        # The record lists the models this prompt uses (its own list: other prompts may be in flight).
+        used = runtime.models.begin_prompt()
         with self._running_lock:
             self._running[job.prompt_id] = token
         client_id = job.client_id
         runtime.emit_status()
         try:
+            def sink(event: Event) -> None:
+                if isinstance(event, ExecutionCached) and event.nodes:
+                    self._note_cached_models(job.prompt, event.nodes, used)
+                runtime.emit(event, client_id)
+
             report = runtime.executor.execute(job.prompt_id, job.prompt, job.outputs_to_execute,
-                                              extra_data=job.extra_data, interrupt=token,
-                                              sink=lambda event: runtime.emit(event, client_id))
+                                              extra_data=job.extra_data, interrupt=token, sink=sink)
         except asyncio.CancelledError:  # the network lane stopped under a parked prompt: detach it
             log.info("prompt %s left running; its remote jobs resume at the next start", job.prompt_id)
             with self._running_lock:
@@ -449,8 +558,34 @@ class LocalWorker:
                     self._pending_free = {}
         # freed activations go back to the OS now instead of slowing every allocation (MALLOC_MMAP_THRESHOLD_)
         runtime.models.memory.trim_host()
-        runtime.record(job, report, notes={"worker": self.identity})
+        runtime.record(job, report, notes={"worker": self.identity, **self._record_notes(used)})
         if pending_free:
             runtime.free_now(pending_free.get("unload_models", False), pending_free.get("free_memory", False))
         runtime.lanes.forget(job.prompt_id)  # the next prompt may start once this one is fully announced
         return report
+
+    def _note_cached_models(self, prompt: dict[str, Any], nodes: list[str], used: PromptModels) -> None:
+        """Nodes replayed from the output cache load no model, yet their models made the result:
+        count the handles in their cached outputs as used, for the reproducibility record."""
+        executor = self.runtime.executor
+        try:
+            signatures = executor.signatures(prompt)
+            handles = []
+            for node_id in nodes:
+                entry = executor.cache.get(signatures.get(node_id, ""))
+                if entry is not None:
+                    handles += model_handles_in(entry.outputs)
+            self.runtime.models.note_prompt_use(handles, used)
+        except Exception:  # the record is a courtesy: never fail the prompt over it
+            log.exception("could not list the models of cached nodes")
+
+    def _record_notes(self, used: PromptModels) -> dict[str, Any]:
+        """``{"record": ...}``: the reproducibility record of the job that just ran (its thread)."""
+        from graph_runtime import provenance
+
+        runtime = self.runtime
+        try:
+            return {"record": provenance.record(runtime.models, runtime.options, runtime.paths, used)}
+        except Exception:  # a record that cannot be made must not lose the job's results
+            log.exception("could not make the reproducibility record")
+            return {}

@@ -56,8 +56,13 @@ class ValidationResult:
 
 
 def is_link(value: Any) -> bool:
-    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) \
-        and isinstance(value[1], (int, float)) and not isinstance(value[1], bool)
+    """``[source_node_id, output_index]``: a string id and a whole, finite index (``1.0`` counts)."""
+    if not (isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)):
+        return False
+    slot = value[1]
+    if isinstance(slot, bool):
+        return False
+    return isinstance(slot, int) or (isinstance(slot, float) and slot.is_integer())
 
 
 def types_match(received: str, expected: str) -> bool:
@@ -144,12 +149,12 @@ class PromptValidator:
         if not isinstance(prompt, dict) or not prompt:
             return ValidationResult(False, {}, [], PromptError("no_prompt", "No prompt provided",
                                                                "The prompt must be a non-empty JSON object"))
-        prompt = {str(k): (dict(v, inputs=dict(v.get("inputs") or {})) if isinstance(v, dict) else v)
-                  for k, v in prompt.items()}
         for node_id, node in prompt.items():
-            if not isinstance(node, dict) or "class_type" not in node:
-                return self._invalid("Cannot execute because a node is missing the class_type property.",
-                                     f"Node ID '#{node_id}'", prompt)
+            shape = _node_shape_error(node_id, node)
+            if shape is not None:
+                return self._invalid(shape[0], shape[1], {})
+        prompt = {str(k): dict(v, inputs=dict(v.get("inputs") or {})) for k, v in prompt.items()}
+        for node_id, node in prompt.items():
             if node["class_type"] not in self.registry:
                 return self._invalid(f"Cannot execute because node {node['class_type']} does not exist.",
                                      f"Node ID '#{node_id}': unknown node type '{node['class_type']}'. "
@@ -239,7 +244,9 @@ class PromptValidator:
         custom_params = _custom_params(custom)
         literals: dict[str, Any] = {}
         received_types: dict[str, str] = {}
-        for spec in _active_specs(definition, inputs):
+        active = _active_specs(definition, inputs)
+        declared = set(definition.input_map) | {spec.name for spec in active}
+        for spec in active:
             cfg = input_entry(spec, None) if spec.type != "COMBO" else None
             if spec.name not in inputs:
                 if not spec.optional:
@@ -261,6 +268,14 @@ class PromptValidator:
                 continue
             inputs[spec.name] = value
             literals[spec.name] = value
+        for name, value in inputs.items():
+            # Undeclared inputs (ComfyUI's variadic ``**kwargs`` nodes) are passed on as they are,
+            # so a link among them must be checked like any other: the executor follows it.
+            if name not in declared and isinstance(value, list):
+                err = self._check_link(InputSpec(name, "*", optional=True), value, prompt, received_types,
+                                       custom_params, None)
+                if err:
+                    errors.append(err)
         if custom is not None and not errors:
             errors.extend(self._run_custom(custom, custom_params, definition, inputs, literals, received_types))
         return errors
@@ -356,6 +371,28 @@ class PromptValidator:
             name = names[0]
         return [PromptError("custom_validation_failed", "Custom validation failed for node",
                             f"{name} - {message}" if name else message, {"input_name": name})]
+
+
+def _node_shape_error(node_id: str, node: Any) -> tuple[str, str] | None:
+    """(message, details) when a prompt entry is not ``{"class_type": str, "inputs": {...}}``.
+
+    Checked for every node before anything else looks at the prompt, so a malformed body is a
+    clear 400 naming the node instead of a crash deeper down.
+    """
+    where = f"Node ID '#{node_id}'"
+    if not isinstance(node, dict):
+        return ("Cannot execute because a node is not an object.",
+                f"{where}: expected {{\"class_type\": ..., \"inputs\": {{...}}}}, got {type(node).__name__}")
+    if "class_type" not in node:
+        return "Cannot execute because a node is missing the class_type property.", where
+    if not isinstance(node["class_type"], str):
+        return ("Cannot execute because a node's class_type is not a string.",
+                f"{where}: class_type is {type(node['class_type']).__name__}; give the node type's name")
+    inputs = node.get("inputs")
+    if inputs is not None and not isinstance(inputs, dict):
+        return ("Cannot execute because a node's inputs are not an object.",
+                f"{where}: inputs is {type(inputs).__name__}; expected {{input_name: value or [node_id, slot]}}")
+    return None
 
 
 def _active_specs(definition: NodeDefinition, inputs: dict[str, Any]) -> list[InputSpec]:

@@ -6,6 +6,7 @@ torch is imported inside the functions so that starting the server does not wait
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import re
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from graph_runtime import provenance
 from graph_runtime.context import NodeContext, NodeError
 from graph_runtime.paths import PathEscapeError, safe_join
 from graph_runtime.schema import (MAX_RESOLUTION, Combo, FileList, Float, Hidden, HiddenKind, Int, Node, NodeResult,
@@ -124,6 +126,8 @@ def save_images(ctx: NodeContext, images: Any, prefix: str, kind: str, prompt: d
     from graph_runtime.workflow_files.png_chunks import png_text_chunks
 
     metadata = png_text_chunks(prompt, None, extra_pnginfo)
+    # beside ComfyUI's prompt/workflow: what made the picture (versions, device, models + SHA-256)
+    metadata.add_text("genesis", json.dumps(provenance.record(ctx.models, ctx.options, ctx.paths)))
     results = []
     for batch_number, image in enumerate(images):
         name = f"{base.replace('%batch_num%', str(batch_number))}_{counter:05}_.png"

@@ -48,6 +48,21 @@ def test_tiny_mode_runs_all_paths(tmp_path, capsys):
     assert all(d is not None and d <= 1 for d in measured["image_diff"].values()), measured["image_diff"]
 
 
+def test_serving_bench_runs_every_configuration(capsys):
+    """``bench/overhead.py --only serving`` on a few prompts: both servers (no token, token) answer
+    every route and client count, and the table has every row."""
+    spec = importlib.util.spec_from_file_location("overhead", ROOT / "bench" / "overhead.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = dict(bench.bench_serving(count=16, repeats=1))
+    for route in ("POST /prompt (completion via WebSocket)", "POST /api/run (waits)"):
+        for n, label in ((1, "1 client"), (8, "8 clients"), (32, "32 clients")):
+            value = rows[f"serving: 16 trivial prompts, {route}, {label}"]
+            assert "/s without token" in value and "auth cost" in value
+    for label in ("auth off", "auth on"):
+        assert rows[f"serving: GET /api/jobs while 32 clients post 32 prompts ({label})"].startswith("p50 ")
+
+
 def test_memory_bench_vlm_llm_part_runs_its_code_on_tiny_models(capsys):
     """bench/memory.py's GPU-only part (7B VLM + 12B LLM in NF4, peak ≤ 16 GB) cannot run here; its code path
     does, on few-feature models of the same architectures, so the script works when a GPU is present."""

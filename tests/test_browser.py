@@ -111,7 +111,7 @@ def test_boots_cleanly_on_our_default_workflow_and_runs_it(page: Page, server: L
 
     with page.page.expect_response(lambda r: "/api/view?" in r.url and "type=output" in r.url,
                                    timeout=60_000) as view:
-        page.page.get_by_role("button", name="Run").first.click()
+        page.page.get_by_role("button", name="Run", exact=True).click()
         page.page.wait_for_function(
             "() => window.app.graph.nodes.find(n => n.type === 'SaveImage')?.imgs?.length > 0", timeout=60_000)
     assert view.value.status == 200 and view.value.headers["content-type"] == "image/png"
@@ -191,6 +191,121 @@ def test_load_image_upload(page: Page, server: LiveServer) -> None:
     assert "red dot.png" in info["input"]["required"]["image"][0]
     page.assert_clean()
     page.shot("browser_upload.png")
+
+
+# -- a newcomer's first minute -------------------------------------------------------------------
+
+@pytest.fixture
+def first_start(tiny_models_dir: Path, tmp_path: Path) -> Iterable[tuple[LiveServer, Any, Any]]:
+    """A first start: no model at all; the demo models are "written" (linked from the session's
+    tiny set) only when the test opens the ``writer`` gate."""
+    import threading
+
+    from web.app import DEFAULT_WORKFLOW
+    from web.first_start import MODELS_CHANGED, DemoModels
+    from web.state import STATE
+
+    paths = FolderPaths(tmp_path / "first-start")
+    paths.ensure_dirs()
+    runtime = Runtime(paths, registry=default_registry(paths))
+    gate = threading.Event()
+
+    def writer(target: Path) -> None:
+        assert gate.wait(120)
+        link_models(tiny_models_dir, target)
+
+    live = LiveServer(runtime, probe_torch=False)
+    hub = live.app[STATE].hub
+    demo = DemoModels(runtime, writer=writer, workflow=DEFAULT_WORKFLOW,
+                      on_arrival=lambda: hub.send_threadsafe(MODELS_CHANGED, {}))
+    assert demo.needed()
+    demo.announce()
+    live.start()
+    demo.start()
+    yield live, demo, gate
+    gate.set()
+    live.stop()
+
+
+def test_the_first_run_works_whenever_it_is_pressed(browser: Any, first_start: tuple[LiveServer, Any, Any]) -> None:
+    """Run pressed the moment the canvas shows, while the demo models are still being written."""
+    import time
+
+    server, demo, gate = first_start
+    page = Page(browser, server)
+    try:
+        page.open()
+        shown = time.perf_counter()
+        assert not (server.paths.models_dir / "checkpoints" / "tiny-sd15.safetensors").exists()
+        nodes = {n["type"]: n for n in page.nodes()}
+        assert nodes["CheckpointLoaderSimple"]["widgets"] == [["ckpt_name", "tiny-sd15.safetensors"]]
+        with page.page.expect_response(lambda r: r.url.endswith("/api/prompt") and r.request.method == "POST") as q:
+            # exact: "Cancel current run" also matches "Run", and is there (disabled) before the Run button
+            page.page.get_by_role("button", name="Run", exact=True).click()
+        pressed = time.perf_counter() - shown
+        assert q.value.status == 200, q.value.text()  # accepted: the model is announced
+        page.assert_clean()  # no "tiny-sd15.safetensors is missing", no error toast
+        assert server.get("/queue").json()["queue_pending"], "held until the models are written"
+        # the VAE list of a new node is still empty: the canvas only knows the announced checkpoint
+        before = page.page.evaluate("() => LiteGraph.createNode('VAELoader').widgets[0].options.values")
+        assert "tiny-sd-vae.safetensors" not in before
+
+        gate.set()  # the demo models land
+        page.page.wait_for_function(
+            "() => window.app.graph.nodes.find(n => n.type === 'SaveImage')?.imgs?.length > 0", timeout=120_000)
+        done = time.perf_counter() - shown
+        (entry,) = server.get("/history").json().values()
+        assert entry["status"]["status_str"] == "success"
+        assert demo.ready.is_set() and server.paths.announced == {}
+        # the canvas refreshed its model lists when the models arrived (no reload)
+        page.page.wait_for_function(
+            "() => LiteGraph.createNode('VAELoader').widgets[0].options.values.includes('tiny-sd-vae.safetensors')",
+            timeout=20_000)
+        page.assert_clean()
+        page.shot("browser_first_run.png")
+        print(f"\nfirst minute: Run pressed {pressed:.2f} s after the canvas showed; image {done:.1f} s after")
+    finally:
+        page.close()
+
+
+# -- off loopback: the browser logs in once with ?token= -----------------------------------------
+
+def test_the_frontend_works_with_a_token_in_the_url(browser: Any, tiny_models_dir: Path, tmp_path: Path) -> None:
+    import json as _json
+
+    from web.auth import COOKIE_NAME, TOKENS_FILE, AuthSettings
+
+    base = tmp_path / "auth-base"
+    link_models(tiny_models_dir, base / "models")
+    paths = FolderPaths(base)
+    paths.ensure_dirs()
+    token = "browser-token-0123456789abcdef"
+    (paths.user_dir / TOKENS_FILE).write_text(_json.dumps({token: "ada"}))
+    auth = AuthSettings.configure(paths.user_dir, required=True, multi_user=True)
+    server = LiveServer(Runtime(paths, registry=default_registry(paths)), probe_torch=False, auth=auth).start()
+    page = Page(browser, server)
+    try:
+        refused = page.page.goto(server.url + "/")
+        assert refused.status == 401  # no token, no canvas
+        page.page.goto(f"{server.url}/?token={token}")
+        assert "token=" not in page.page.url  # the redirect took it out of the address bar
+        cookie = next(c for c in page.context.cookies() if c["name"] == COOKIE_NAME)
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and token not in cookie["value"]
+        page.wait_for_graph()
+        page.errors.clear()  # the refused first load logged its 401
+        with page.page.expect_response(lambda r: "/api/view?" in r.url and "type=output" in r.url,
+                                       timeout=60_000) as view:
+            page.page.get_by_role("button", name="Run", exact=True).click()
+            page.page.wait_for_function(
+                "() => window.app.graph.nodes.find(n => n.type === 'SaveImage')?.imgs?.length > 0", timeout=60_000)
+        assert view.value.status == 200 and view.value.headers["content-type"] == "image/png"
+        (job,) = server.runtime.store.list_jobs().jobs
+        assert job.owner == "ada" and job.status.value == "succeeded"  # the token's user owns the job
+        page.assert_clean()
+        page.shot("browser_token_login.png")
+    finally:
+        page.close()
+        server.stop()
 
 
 def test_run_twice_with_randomized_seed_then_new_text(page: Page, server: LiveServer) -> None:

@@ -127,6 +127,14 @@ def test_alternating_checkpoints_stay_on_their_workers_and_images_match_one_proc
     assert len(ran) == 2 and all(len(ckpts) == 1 for ckpts in ran.values()), story  # each busy with its own
     assert loads and all(count == 1 for count in loads.values()), story  # each checkpoint loaded once per worker
     assert {w for w, _ in loads} == set(ran)
+    # the reproducibility record comes back from the worker: its checkpoint's SHA-256 equals hashlib's
+    import hashlib
+
+    for i, pid in enumerate(ids):
+        ckpt = CKPT_A if i % 2 == 0 else CKPT_B
+        record = history[pid]["genesis"]["record"]
+        hashed = {f["file"]: f["sha256"] for m in record["models"] for f in m["files"]}
+        assert hashed[ckpt] == hashlib.sha256(cluster_paths.model_path("checkpoints", ckpt).read_bytes()).hexdigest()
 
     # the files are in the server's output folder, one per prompt, and equal a single-process run
     files = [cluster_paths.output_dir / img["subfolder"] / img["filename"]

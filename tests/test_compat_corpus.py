@@ -18,7 +18,7 @@ from graph_runtime.context import RuntimeOptions
 from graph_runtime.paths import FolderPaths
 from graph_runtime.registry import build_registry
 from nodes import PACKS
-from tests.compat_corpus import copy_corpus_png, corpus_workflows, tiny_overrides
+from tests.compat_corpus import WHERE, copy_corpus_png, corpus_workflows, needs_corpus, tiny_overrides
 
 WORKFLOWS = corpus_workflows()
 
@@ -30,10 +30,12 @@ def full_registry():
     return registry
 
 
+@needs_corpus
 def test_the_corpus_is_there():
-    assert len(WORKFLOWS) >= 24
+    assert len(WORKFLOWS) >= 24, WHERE
 
 
+@needs_corpus
 @pytest.mark.parametrize("png", WORKFLOWS, ids=lambda p: p.stem)
 def test_example_workflow_runs_on_tiny_models(png: Path, tiny_base_dir: Path, full_registry, tmp_path):
     paths = FolderPaths(tiny_base_dir)

@@ -337,7 +337,7 @@ def test_delete_pending_only_touches_pending(store: JobStore) -> None:
     assert [j.prompt_id for j in store.pending()] == ["p2"]
     assert store.get("run").status is JobStatus.RUNNING
     assert store.get("done").status is JobStatus.SUCCEEDED
-    assert store.clear_pending() == 1
+    assert len(store.clear_pending()) == 1
     assert store.pending() == []
 
 
@@ -522,6 +522,123 @@ def test_claim_is_atomic_across_connections(tmp_path: Path) -> None:
     finally:
         for s in stores:
             s.close()
+
+
+# ------------------------------------------------------------------ owners and notes (schemas 2 and 3)
+
+def test_each_owner_sees_and_removes_only_their_jobs(store):
+    for pid, owner in (("a1", "alice"), ("a2", "alice"), ("b1", "bob"), ("n1", None)):
+        add(store, pid, owner=owner)
+    assert store.get("a1").owner == "alice" and store.get("n1").owner is None
+    assert [j.prompt_id for j in store.queue_snapshot(owner="alice").pending] == ["a1", "a2"]
+    assert [j.prompt_id for j in store.queue_snapshot().pending] == ["a1", "a2", "b1", "n1"]
+    assert store.count(owner="bob") == 1 and store.count([JobStatus.PENDING], owner="alice") == 2
+    assert store.delete_pending(["a1", "b1"], owner="alice") == ["a1"]  # bob's job is not alice's to delete
+    assert store.cancel(["b1", "a2"], owner="bob").cancelled == ["b1"]
+    assert store.clear_pending(owner="alice") == ["a2"]
+    assert [j.prompt_id for j in store.list_jobs(owner="bob").jobs] == ["b1"]
+    assert store.list_jobs(owner="bob").total == 1
+    assert [j.prompt_id for j in store.history(owner="alice").jobs] == []
+    assert [j.prompt_id for j in store.history(owner="bob").jobs] == ["b1"]
+    assert store.delete_history(["b1"], owner="alice") == [] and store.clear_history(owner="alice") == 0
+    assert store.clear_history(owner="bob") == 1 and store.get("b1") is None
+    assert [j.prompt_id for j in store.pending()] == ["n1"]
+
+
+def test_notes_are_set_at_finish_and_after_and_show_in_history(store):
+    add(store, "p")
+    assert store.claim_next(timeout=0).prompt_id == "p"
+    store.finish("p", JobStatus.SUCCEEDED, outputs={}, messages=[], notes={"record": {"torch": "2.14.1"}})
+    assert store.annotate("p", "webhook", {"attempts": [{"status": 500}]})
+    assert store.annotate("p", "webhook", {"attempts": [{"status": 500}, {"status": 200}], "delivered": True})
+    assert not store.annotate("unknown", "webhook", {})
+    job = store.get("p")
+    assert job.notes == {"record": {"torch": "2.14.1"},
+                         "webhook": {"attempts": [{"status": 500}, {"status": 200}], "delivered": True}}
+    assert job.history_entry()["genesis"] == job.notes
+
+
+def test_a_version_1_database_is_migrated_keeping_its_jobs(tmp_path):
+    db = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(db)
+    conn.executescript("""
+        CREATE TABLE jobs (seq INTEGER PRIMARY KEY, prompt_id TEXT NOT NULL UNIQUE, number REAL NOT NULL,
+            priority INTEGER NOT NULL DEFAULT 0, status TEXT NOT NULL, client_id TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL, started_at REAL, finished_at REAL,
+            finish_seq INTEGER, error TEXT, meta TEXT NOT NULL DEFAULT '{}', messages TEXT NOT NULL DEFAULT '[]',
+            outputs TEXT NOT NULL DEFAULT '{}');
+        CREATE TABLE job_payloads (seq INTEGER PRIMARY KEY REFERENCES jobs (seq) ON DELETE CASCADE,
+            outputs_to_execute TEXT NOT NULL, prompt TEXT NOT NULL, extra_data TEXT NOT NULL);
+        CREATE VIEW job_rows AS SELECT j.*, p.outputs_to_execute, p.prompt, p.extra_data
+            FROM jobs AS j JOIN job_payloads AS p ON p.seq = j.seq;
+        INSERT INTO jobs (seq, prompt_id, number, status, created_at) VALUES (1, 'old', 0, 'pending', 1.0);
+        INSERT INTO job_payloads VALUES (1, '["9"]', '{}', '{}');
+        PRAGMA user_version = 1;
+    """)
+    conn.close()
+    with JobStore(db) as s:
+        job = s.get("old")
+        assert job.status is JobStatus.PENDING and job.owner is None and job.notes == {}
+        add(s, "new", owner="alice")
+        assert s.get("new").owner == "alice"
+    assert sqlite3.connect(db).execute("PRAGMA user_version").fetchone()[0] == 3
+
+
+# ------------------------------------------------------------------ the in-memory queue size
+
+def test_queue_remaining_follows_every_state_change(tmp_path):
+    """``queue_remaining`` (kept in memory) equals a count in SQL after any sequence of operations."""
+    from hypothesis import given, seed, settings
+    from hypothesis import strategies as st
+
+    import itertools
+
+    files = itertools.count()
+    ops = st.lists(st.sampled_from(["enqueue", "claim", "claim_id", "finish", "requeue", "cancel", "cancel_running",
+                                    "delete", "clear", "clear_history", "reopen"]), max_size=40)
+
+    @settings(max_examples=60, deadline=None, database=None)
+    @seed(7)
+    @given(ops)
+    def check(sequence: list[str]) -> None:
+        db = tmp_path / f"q-{next(files)}.sqlite3"
+        store = JobStore(db)
+        running: list[str] = []
+        n = 0
+        try:
+            for op in sequence:
+                pending = [j.prompt_id for j in store.pending()]
+                if op == "enqueue":
+                    n += 1
+                    add(store, f"p{n}")
+                elif op == "claim" and (job := store.claim_next(timeout=0)) is not None:
+                    running.append(job.prompt_id)
+                elif op == "claim_id" and pending and (job := store.claim(pending[-1])) is not None:
+                    running.append(job.prompt_id)  # a scheduler's pick (the Ray pool)
+                elif op == "requeue" and running:
+                    store.requeue(running.pop(0), reason="worker died")  # back to pending, or failed
+                elif op == "finish" and running:
+                    store.finish(running.pop(0), JobStatus.SUCCEEDED, outputs={}, messages=[])
+                elif op == "cancel" and pending:
+                    store.cancel(pending[:1])
+                elif op == "cancel_running" and running:
+                    store.cancel(running[:1])  # reported back, still running
+                elif op == "delete" and pending:
+                    store.delete_pending(pending[-1:])
+                elif op == "clear":
+                    store.clear_pending()
+                elif op == "clear_history":
+                    store.clear_history()
+                elif op == "reopen":
+                    store.close()
+                    store = JobStore(db)
+                    store.recover_after_restart()
+                    running = []
+                assert store.queue_remaining() == store.count([JobStatus.PENDING, JobStatus.RUNNING]), op
+        finally:
+            store.close()
+
+    check()
 
 
 # ------------------------------------------------------------------ a scheduler's claims (Ray pool)

@@ -207,6 +207,49 @@ def test_prompt_record_lists_used_models_with_sha256(tmp_path):
     assert rows[0]["dtype"] == "float16" and rows[0]["sha256"] == {str(f): sha256_of_file(f)}
 
 
+def test_prompts_in_flight_at_once_keep_their_own_model_records():
+    """A video prompt parks (its thread waits) while an image prompt runs on another thread; when
+    the video prompt resumes and finishes, its record still names what it used before parking —
+    and neither record names the other prompt's models.  Node work runs in asyncio tasks and
+    ``asyncio.to_thread`` calls, which must see their prompt's record."""
+    import asyncio
+    import threading
+
+    mm = ModelManager()
+    a, b, c = blob_handle(mm, "a", 1), blob_handle(mm, "b", 1), blob_handle(mm, "c", 1)
+    parked, resume = threading.Event(), threading.Event()
+    records: dict[str, list[str]] = {}
+
+    def video_prompt() -> None:
+        mm.begin_prompt()
+        asyncio.run(asyncio.to_thread(a.get))  # a node before the network node
+        parked.set()
+        resume.wait(10)
+        c.get()  # SaveVideo-like node after resuming
+        records["video"] = [r["label"] for r in mm.prompt_models(with_sha256=False)]
+
+    def image_prompt() -> None:
+        used = mm.begin_prompt()
+
+        async def node() -> None:
+            b.get()
+
+        asyncio.run(node())
+        records["image"] = [r["label"] for r in mm.prompt_models(with_sha256=False)]
+        mm.note_prompt_use([a], used)  # e.g. a cached loader's output, noted from another thread
+        records["image+cached"] = [r["label"] for r in mm.prompt_models(with_sha256=False, record=used)]
+
+    video = threading.Thread(target=video_prompt)
+    video.start()
+    assert parked.wait(10)
+    image = threading.Thread(target=image_prompt)
+    image.start()
+    image.join(10)
+    resume.set()
+    video.join(10)
+    assert records == {"video": ["a", "c"], "image": ["b"], "image+cached": ["b", "a"]}
+
+
 def test_handles_are_found_in_node_inputs():
     mm = ModelManager()
     h1, h2 = blob_handle(mm, "a", 1), blob_handle(mm, "b", 1)

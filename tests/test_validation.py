@@ -168,3 +168,45 @@ def test_deep_chains_validate_without_recursion_limits(validate):
         prompt[str(i)] = {"class_type": "StubAdd", "inputs": {"a": [str(i - 1), 0]}}
     prompt["o"] = {"class_type": "StubOutput", "inputs": {"value": ["2999", 0]}}
     assert validate(prompt).ok
+
+
+# -- malformed shapes: a clear error naming the node, never an exception ---------------------------
+
+@pytest.mark.parametrize("node, words", [
+    ([1, 2], "not an object"),
+    ("StubConst", "not an object"),
+    ({"class_type": ["StubConst"], "inputs": {}}, "class_type is not a string"),
+    ({"class_type": {"a": 1}, "inputs": {}}, "class_type is not a string"),
+    ({"class_type": None, "inputs": {}}, "class_type is not a string"),
+    ({"class_type": "StubConst", "inputs": [1, 2]}, "inputs are not an object"),
+    ({"class_type": "StubConst", "inputs": "value=1"}, "inputs are not an object"),
+])
+def test_a_malformed_node_is_an_invalid_prompt_naming_it(validate, node, words):
+    prompt = good()
+    prompt["bad"] = node
+    result = validate(prompt)
+    assert not result.ok and result.error.type == "invalid_prompt"
+    assert words in result.error.message and "#bad" in result.error.details
+
+
+@pytest.mark.parametrize("link", [["nope", 0], ["c", 1], ["c", -1], ["c", 0.5], ["c", 1e300],
+                                  ["c", float("inf")], ["c", True], [0, 0], ["c"], ["c", 0, 0]])
+def test_a_bad_link_on_an_undeclared_input_is_reported(validate, link):
+    prompt = good()
+    prompt["o"]["inputs"]["extra"] = link  # not declared by StubOutput: passed on as **kwargs
+    err = only_error(validate(prompt), "o")
+    assert err["type"] == "bad_linked_input" and err["extra_info"]["input_name"] == "extra"
+
+
+@pytest.mark.parametrize("slot", [1, -1, 7, 0.5, float("nan")])
+def test_a_link_to_a_missing_output_slot_is_reported(validate, slot):
+    prompt = good()
+    prompt["add"]["inputs"]["a"] = ["c", slot]
+    err = only_error(validate(prompt), "add")
+    assert err["type"] == "bad_linked_input"
+
+
+def test_a_whole_float_slot_is_a_link(validate):
+    prompt = good()
+    prompt["add"]["inputs"]["a"] = ["c", 0.0]
+    assert validate(prompt).ok

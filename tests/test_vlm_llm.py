@@ -224,9 +224,10 @@ def test_streamed_text_is_sent_at_most_every_100_ms(smollm2, lm_paths) -> None:
     rec.progress_text = lambda node, text: (stamps.append(time.perf_counter()), show(node, text))  # type: ignore
     ctx = make_ctx(lm_paths, recorder=rec)
     text, _ = LLMNarrate().execute(ctx, smollm2, "Tell a story about a dragon.", "You are a storyteller.",
-                                   max_new_tokens=32)
+                                   max_new_tokens=48)
     gaps = [b - a for a, b in zip(stamps, stamps[1:-1])]
-    assert len(stamps) >= 3 and min(gaps) >= 0.1, gaps
+    # the streamer's clock is read just before decoding the text; the stamps here just after: a few ms of slack
+    assert len(stamps) >= 3 and min(gaps) >= 0.09, gaps
     assert all(len(a) <= len(b) for a, b in zip(rec.texts, rec.texts[1:])) and rec.texts[-1].strip() == text
 
 

@@ -109,7 +109,8 @@ def test_features_extensions_i18n(server: LiveServer) -> None:
     assert server.get("/api/features").json() == {"supports_preview_metadata": True, "max_upload_size": 100 << 20}
     extensions = server.get("/api/extensions").json()
     assert sorted(extensions) == ["/extensions/demo_pack/demo.js", "/extensions/demo_pack/sub/more.js",
-                                  "/extensions/genesis/default_workflow.js"]
+                                  "/extensions/genesis/default_workflow.js",
+                                  "/extensions/genesis/refresh_models.js"]
     for url in extensions:
         reply = server.get(url)
         assert reply.status == 200 and reply.headers["Content-Type"] in ("application/javascript", "text/javascript")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -25,10 +24,9 @@ from graph_runtime.workflow_files import (
     ConversionResult, LoadedWorkflow, WorkflowFormatError, classify_json, convert_ui_to_api, convert_ui_workflow,
     load_workflow_file, png_text_chunks, read_image_texts)
 from graph_runtime.workflow_files.node_defs import NodeDefCatalog
+from tests.compat_corpus import CORPUS, needs_corpus
 
 DATA = Path(__file__).parent / "data" / "workflows"
-SHARED = Path(os.environ.get("GENESIS_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
-CORPUS = SHARED / "compat" / "comfyui-examples"
 CORE_DEFS: dict[str, Any] = json.loads((DATA / "core_node_defs.json").read_text())
 
 
@@ -508,7 +506,6 @@ def _readme_kinds() -> dict[str, str]:
 
 
 CORPUS_PNGS = _corpus_pngs()
-needs_corpus = pytest.mark.skipif(not CORPUS_PNGS, reason=f"corpus not found at {CORPUS}")
 
 
 def _both_chunks(path: Path) -> bool:

@@ -1,13 +1,15 @@
 """Building and serving the aiohttp application.
 
 ``create_app(runtime)`` wires one :class:`~graph_runtime.service.Runtime` to HTTP and
-WebSocket: route modules (each mounted at ``/X`` and ``/api/X``), the WebSocket hub
-(registered as a runtime listener), the log buffer and static files.  By default the app
-starts the runtime's worker when it starts and stops it on shutdown.
+WebSocket: the async façade every route awaits, route modules (each mounted at ``/X`` and
+``/api/X``), the WebSocket hub (registered as a runtime listener), authentication, metrics,
+webhooks, the log buffer and static files.  By default the app starts the runtime's worker
+when it starts and stops it on shutdown.
 
 ``serve(args, paths, options)`` is ``server.py serve``: it wipes ``temp/``, answers on the
 port before anything heavy is imported (torch is imported by the first prompt, or in the
-background), then writes the tiny demo models in a background thread on a first start.
+background), then writes the tiny demo models in a background thread on a first start
+(:mod:`web.first_start`: announced at once, the worker held until they are there).
 """
 from __future__ import annotations
 
@@ -16,17 +18,20 @@ import logging
 import shutil
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from graph_runtime.async_runtime import AsyncRuntime
+from web.auth import AUTH, AuthSettings, authenticate
 from web.logbuffer import LogBuffer
+from web.metrics import METRICS, ServerMetrics, count_requests
 from web.middleware import cache_control, origin_guard
-from web.routes import files, internal, jobs, queue, static, system, users
+from web.routes import files, health, internal, jobs, queue, run, static, system, users
 from web.routing import mount
+from web.webhooks import WebhookSender, load_secret
 from web.state import STATE, WebState
 from web.sysinfo import SystemInfo
 from web.userdata import UserStore
@@ -43,33 +48,49 @@ DEFAULT_MAX_UPLOAD = 100 << 20
 def create_app(runtime: Any, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD, multi_user: bool = False,
                manage_runtime: bool = True, argv: list[str] | None = None, probe_torch: bool = True,
                default_workflow: Path | None = DEFAULT_WORKFLOW, frontend: Path | None | bool = True,
-               ws_queue_limit: int | None = None) -> web.Application:
+               ws_queue_limit: int | None = None, auth: AuthSettings | None = None,
+               webhook_secret: str | None = None, webhook_attempts: int = 5, webhook_first_delay: float = 1.0,
+               webhook_timeout: float = 10.0) -> web.Application:
     """The application for ``runtime``.
 
     ``manage_runtime``: start the runtime's worker with the app and stop it on shutdown.
     ``frontend``: True finds ``comfyui-frontend-package``; a path overrides it; False serves none.
+    ``auth``: who may call (see :mod:`web.auth`); None: no tokens (a loopback server).
+    ``webhook_*``: signing secret (None: the one stored in the user directory), attempts per
+    delivery, the first retry delay (doubled each time) and the timeout of one attempt.
     """
     root = static.frontend_root() if frontend is True else (frontend or None)
     if frontend is True and root is None:
         log.warning("comfyui-frontend-package is not installed: only the API is served")
     paths = runtime.paths
+    auth = auth if auth is not None else AuthSettings(multi_user=multi_user)
+    multi_user = multi_user or auth.multi_user
+    auth.multi_user = multi_user
+    api = AsyncRuntime(runtime)
     server_features = {"supports_preview_metadata": True, "max_upload_size": max_upload_bytes}
     hub_kwargs = {"queue_limit": ws_queue_limit} if ws_queue_limit else {}
-    hub = Hub(runtime.store.queue_remaining, server_features, **hub_kwargs)
+    hub = Hub(lambda: runtime.queue_remaining, server_features, **hub_kwargs)
     extension_dirs = {p.name: p for p in sorted(EXTENSIONS_DIR.iterdir()) if p.is_dir()}
     for name, directory in runtime.registry.web_directories.items():
         extension_dirs.setdefault(name, directory)
     user_store = UserStore(paths.user_dir, multi_user=multi_user)
     if not multi_user:
         user_store.ensure_user("default")
-    state = WebState(runtime=runtime, hub=hub, users=user_store,
+    state = WebState(runtime=runtime, api=api, hub=hub, users=user_store,
                      logs=LogBuffer(), sysinfo=SystemInfo(argv, probe_torch=probe_torch),
                      max_upload_bytes=max_upload_bytes, frontend_root=root, extension_dirs=extension_dirs,
                      default_workflow=default_workflow if default_workflow and default_workflow.is_file() else None)
 
-    app = web.Application(client_max_size=max_upload_bytes, middlewares=[origin_guard, cache_control])
+    metrics = ServerMetrics(api, hub)
+    webhooks = WebhookSender(api, load_secret(paths.user_dir, webhook_secret), attempts=webhook_attempts,
+                             first_delay=webhook_first_delay, timeout=webhook_timeout,
+                             on_attempt=lambda outcome: metrics.webhooks.labels(outcome).inc())
+    app = web.Application(client_max_size=max_upload_bytes,
+                          middlewares=[count_requests, origin_guard(auth.cors_origins), authenticate, cache_control])
     app[STATE] = state
-    for module in (queue, jobs, files, users, system):
+    app[AUTH] = auth
+    app[METRICS] = metrics
+    for module in (queue, run, jobs, files, users, system, health):
         mount(app, module.routes)
     mount(app, internal.routes, api_twin=False)
     app.router.add_get("/ws", hub.handle)
@@ -79,6 +100,8 @@ def create_app(runtime: Any, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD, mult
         app.router.add_static("/", root, follow_symlinks=False)
 
     async def on_startup(app: web.Application) -> None:
+        api.bind(asyncio.get_running_loop())
+        await webhooks.start()
         hub.bind(asyncio.get_running_loop())
         runtime.add_listener(hub.on_event)
         state.logs.on_entry = hub.post_log
@@ -90,10 +113,12 @@ def create_app(runtime: Any, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD, mult
         await hub.close_all()
 
     async def on_cleanup(app: web.Application) -> None:
+        await webhooks.close()
         runtime.remove_listener(hub.on_event)
         state.logs.detach()
         if manage_runtime:
             await asyncio.to_thread(runtime.stop)
+        api.close()
 
     app.on_startup.append(on_startup)
     app.on_shutdown.append(on_shutdown)
@@ -121,51 +146,16 @@ def listen_hosts(listen: str | None) -> list[str]:
     return [h.strip() for h in listen.split(",") if h.strip()]
 
 
+def beyond_loopback(hosts: list[str]) -> bool:
+    """Whether any bound address is reachable from other machines."""
+    from web.middleware import is_loopback
+
+    return any(not is_loopback(h.strip("[]")) for h in hosts)
+
+
 def display_url(host: str, port: int) -> str:
     shown = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(host, f"[{host}]" if ":" in host else host)
     return f"http://{shown}:{port}"
-
-
-def write_demo_models_if_missing(paths: Any) -> threading.Thread | None:
-    """On a first start (no checkpoint at all), write the tiny models in a background thread.
-
-    Files are written into a hidden staging folder and moved into ``models/`` one by one, so a
-    listing never shows a half-written model.
-    """
-    if paths.list_models("checkpoints"):
-        return None
-
-    def work() -> None:
-        started = time.monotonic()
-        staging = paths.models_dir / ".genesis-tiny-staging"
-        try:
-            from models.tools.tiny_models import write_tiny_models
-
-            shutil.rmtree(staging, ignore_errors=True)
-            write_tiny_models(staging)
-            moved = 0
-            for entry in sorted(p for p in staging.iterdir() if p.is_file()):  # manifests
-                if not (paths.models_dir / entry.name).exists():
-                    entry.replace(paths.models_dir / entry.name)
-            for folder in sorted(p for p in staging.iterdir() if p.is_dir()):
-                target_dir = paths.models_dir / folder.name
-                target_dir.mkdir(parents=True, exist_ok=True)
-                for entry in sorted(folder.iterdir()):
-                    target = target_dir / entry.name
-                    if not target.exists():
-                        entry.replace(target)
-                        moved += 1
-            log.info("wrote %d tiny demo models to %s in %.1f s (random weights: pictures are noise; "
-                     "put real checkpoints in models/checkpoints)", moved, paths.models_dir,
-                     time.monotonic() - started)
-        except Exception:
-            log.exception("could not write the tiny demo models")
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-
-    thread = threading.Thread(target=work, name="genesis-tiny-models", daemon=True)
-    thread.start()
-    return thread
 
 
 async def _serve_until_stopped(app: web.Application, hosts: list[str], port: int, verbose: bool,
@@ -211,25 +201,55 @@ def serve(args: Any, paths: Any, options: Any, registry: Any, *, runner: Any = N
     """
     from graph_runtime.service import Runtime
 
+    from web.auth import AuthSettings, TokenFileError
+
     launched = process_start_time()
     paths.ensure_dirs()
     wipe_temp(paths.temp_dir)
+    hosts = listen_hosts(getattr(args, "listen", "127.0.0.1"))
+    port = int(getattr(args, "port", 8188))
+    try:
+        auth = AuthSettings.configure(
+            paths.user_dir, required=bool(getattr(args, "require_token", False)) or beyond_loopback(hosts),
+            token=getattr(args, "token", None), multi_user=bool(getattr(args, "multi_user", False)),
+            metrics_public=bool(getattr(args, "metrics_public", False)),
+            cors_origins=tuple(getattr(args, "cors_origins", None) or ()))
+    except TokenFileError as exc:
+        log.error("cannot read the tokens: %s", exc)
+        return 2
     runtime = Runtime(paths, options, registry=registry, runner=runner)
     for failure in runtime.registry.failures:
         log.error("node pack %s failed to load: %s", failure.name, failure.error)
     max_upload = int(float(getattr(args, "max_upload_size", 100)) * 1024 * 1024)
-    app = create_app(runtime, max_upload_bytes=max_upload, argv=list(sys.argv))
-    hosts = listen_hosts(getattr(args, "listen", "127.0.0.1"))
-    port = int(getattr(args, "port", 8188))
+    app = create_app(runtime, max_upload_bytes=max_upload, argv=list(sys.argv), auth=auth,
+                     webhook_secret=getattr(args, "webhook_secret", None),
+                     webhook_attempts=int(getattr(args, "webhook_attempts", 5)))
+
+    demo = None
+    if not getattr(args, "no_tiny_models", False):
+        from web.first_start import MODELS_CHANGED, DemoModels
+
+        hub = app[STATE].hub
+        demo = DemoModels(runtime, workflow=DEFAULT_WORKFLOW,
+                          on_arrival=lambda: hub.send_threadsafe(MODELS_CHANGED, {"folders": sorted(paths.folders)}))
+        if demo.needed():
+            demo.announce()  # before the port opens: the first canvas already lists them
+        else:
+            demo = None
 
     def on_listening() -> None:
         urls = ", ".join(display_url(h, port) for h in hosts)
         log.info("Genesis is ready at %s (%d node types, %.2f s after launch)", urls, len(runtime.registry),
                  time.time() - launched)
-        if any(h in ("0.0.0.0", "::") or not h.startswith(("127.", "localhost", "::1")) for h in hosts):
-            log.warning("listening beyond this machine: anyone who can reach %s can run prompts and read outputs",
-                        ",".join(hosts))
-        if not getattr(args, "no_tiny_models", False):
-            write_demo_models_if_missing(paths)
+        if auth.required:
+            login = auth.login_url(display_url(hosts[0], port))
+            if login is not None:
+                # Like Jupyter: the one-time URL that opens the canvas logged in (the token is also in
+                # user/genesis_token, readable by this user only).
+                print(f"\n    To open Genesis, visit:\n        {login}\n", flush=True)
+            else:
+                log.info("a token is required off loopback (Authorization: Bearer, or /?token= in the browser)")
+        if demo is not None:
+            demo.start()
 
     return asyncio.run(_serve_until_stopped(app, hosts, port, bool(getattr(args, "verbose", False)), on_listening))

@@ -11,7 +11,7 @@ import json
 from typing import Any, TypeVar
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -95,8 +95,14 @@ class PromptBody(_Body):
     prompt_id: str | None = Field(default=None, min_length=1, max_length=MAX_ID_LENGTH)
     extra_data: dict[str, Any] = Field(default_factory=dict)
     front: bool = False
-    number: float | None = None
+    number: FiniteFloat | None = None
     partial_execution_targets: list[str] | None = None
+
+
+class RunBody(PromptBody):
+    """``POST /api/run``: a ``/prompt`` body plus the ``webhook`` URL to call when it finishes."""
+
+    webhook: str | None = Field(default=None, max_length=2048)
 
 
 class QueueBody(_Body):

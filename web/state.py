@@ -1,7 +1,9 @@
-"""What the route handlers share: the runtime, the WebSocket hub and per-server settings.
+"""What the route handlers share: the runtime façade, the WebSocket hub and per-server settings.
 
 One :class:`WebState` per application, stored under :data:`STATE` (an ``aiohttp`` app key),
 so several servers can run side by side in one process (tests do) — no module globals.
+Handlers reach the runtime only through :attr:`WebState.api` (the async façade); ``runtime``
+stays for wiring and for reading configuration (paths, registry).
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:  # pragma: no cover
+    from graph_runtime.async_runtime import AsyncRuntime
     from graph_runtime.paths import FolderPaths
     from graph_runtime.service import Runtime
     from web.logbuffer import LogBuffer
@@ -23,6 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover
 @dataclass
 class WebState:
     runtime: "Runtime"
+    api: "AsyncRuntime"
     hub: "Hub"
     users: "UserStore"
     logs: "LogBuffer"

@@ -117,5 +117,6 @@ class RunOutcome:
     worker: WorkerIdentity
     models_used: list[dict[str, Any]] = field(default_factory=list)  # ModelHandle.describe() rows
     models_loaded: list[dict[str, Any]] = field(default_factory=list)  # the ones it had to load for it
+    record: dict[str, Any] = field(default_factory=dict)  # the reproducibility record (graph_runtime.provenance)
     held: frozenset[str] = frozenset()  # model ids resident after the prompt (affinity)
     seconds: float = 0.0

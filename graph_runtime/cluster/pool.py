@@ -52,7 +52,7 @@ from graph_runtime.cluster.ray_session import RaySession, worker_env
 from graph_runtime.cluster.worker import actor_class
 from graph_runtime.events import Executed, Executing, ExecutionError, ExecutionInterrupted
 from graph_runtime.executor import ExecutionReport
-from graph_runtime.jobs import Job, JobStateError
+from graph_runtime.jobs import Job, JobStateError, JobStatus
 
 if TYPE_CHECKING:  # pragma: no cover
     from graph_runtime.service import LocalWorker, Runtime
@@ -172,6 +172,10 @@ class RayPool:
                 self._wake.wait(0.05)
         return False
 
+    def is_alive(self) -> bool:
+        """Whether the dispatcher runs (``/ready``)."""
+        return self._dispatcher is not None and self._dispatcher.is_alive() and not self._stopping.is_set()
+
     def stop(self, timeout: float = 10.0) -> None:
         """Interrupt running prompts (they end as interrupted, as on one machine), stop the actors."""
         self._stopping.set()
@@ -274,6 +278,8 @@ class RayPool:
                 wake_at = None
 
     def _dispatch(self, now: float) -> float | None:
+        if not self.runtime.wait_unheld(0):  # a first start still writes its demo models
+            return now + 0.25
         started = time.perf_counter()
         order = self.runtime.store.pending_order(LOOKAHEAD)
         pending: list[PendingPrompt] = []
@@ -418,6 +424,8 @@ class RayPool:
         worker = (outcome.worker or slot.identity)
         notes = {"worker": worker.record() if worker else {"name": slot.name},
                  "models_loaded": outcome.models_loaded, "models": outcome.models_used}
+        if outcome.record:
+            notes["record"] = outcome.record
         self.runtime.record(job, report, notes=notes)
 
     def _release(self, slot: _Slot, held: frozenset[str]) -> None:
@@ -468,6 +476,8 @@ class RayPool:
         event = ExecutionError(job.prompt_id, exception_message=message, exception_type="WorkerLost")
         self.runtime.emit(event, job.client_id)
         self.runtime.emit_status()
+        ended = self.runtime.store.get(job.prompt_id)
+        self.runtime.job_ended(ended or job, JobStatus.FAILED)  # /api/run waiters, webhooks, metrics
         self.runtime.emit(Executing(job.prompt_id, None), job.client_id)
 
     def _send_interrupt(self, slot: _Slot, prompt_id: str) -> None:

@@ -38,6 +38,7 @@ from graph_runtime.cluster.outputs import OutputShipper
 from graph_runtime.cluster.placement import model_ids_of_files
 from graph_runtime.events import Event, Executed
 from graph_runtime.executor import ExecutionReport, Executor, InterruptToken
+from graph_runtime.file_hashes import FileHashes
 from graph_runtime.model_manager import manager_for
 from graph_runtime.paths import FolderPaths
 from graph_runtime.registry import NodeRegistry, build_registry
@@ -103,7 +104,9 @@ class GenesisWorker:
         self.paths.output_dir.mkdir(parents=True, exist_ok=True)
         self.paths.temp_dir.mkdir(parents=True, exist_ok=True)
         self.registry = load_registry(spec, self.shared_paths)
-        self.models = manager_for(spec.options)
+        # hashes for the reproducibility record: in memory, once per file version and worker (the
+        # server's JSON store is not shared between processes)
+        self.models = manager_for(spec.options, hashes=FileHashes())
         self.executor = Executor(self.registry, self.paths, models=self.models, options=spec.options)
         self.shipper = OutputShipper(self.paths)
         self.identity = _identity(name)
@@ -247,11 +250,18 @@ class GenesisWorker:
                 pending_free, self._pending_free = self._pending_free, {}
         used = self.models.prompt_models(with_sha256=False)
         loaded = [row for row in used if row.get("key") not in resident_before]
+        try:
+            from graph_runtime import provenance
+
+            record = provenance.record(self.models, self.spec.options, self.shared_paths)
+        except Exception:  # a record that cannot be made must not lose the prompt's results
+            log.exception("could not make the reproducibility record")
+            record = {}
         self.models.memory.trim_host()
         if pending_free:
             self._free_now(pending_free.get("unload_models", False), pending_free.get("free_memory", False))
         return RunOutcome(report, self.identity, models_used=used, models_loaded=loaded, held=self.held_models(),
-                          seconds=time.perf_counter() - started)
+                          seconds=time.perf_counter() - started, record=record)
 
 
 def _identity(name: str) -> WorkerIdentity:

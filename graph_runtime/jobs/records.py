@@ -87,6 +87,7 @@ class Job:
     messages_json: str = field(default="[]", repr=False)
     meta_json: str = field(default="{}", repr=False)
     error_json: str | None = field(default=None, repr=False)
+    owner: str | None = None
     notes_json: str = field(default="{}", repr=False)
 
     # cached_property works on a frozen dataclass: it writes the instance __dict__
@@ -128,7 +129,8 @@ class Job:
 
     @cached_property
     def notes(self) -> dict[str, Any]:
-        """Facts about the run beyond ComfyUI's fields: ``worker`` (name, host, pid), models loaded."""
+        """Facts about the job beyond ComfyUI's fields: ``worker`` (name, host, pid), ``record``
+        (reproducibility), ``webhook`` (deliveries), models the worker loaded."""
         return json.loads(self.notes_json)
 
     def queue_item(self) -> list[Any]:

@@ -14,14 +14,17 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from graph_runtime.jobs.records import Job, JobStatus
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """Stored in ``PRAGMA user_version``; a newer file is refused rather than misread.
 
-Version 2 added ``jobs.notes`` (JSON written with the result: where the job ran, what it loaded).
+Version 2 added ``jobs.notes`` (JSON facts about the run, written with the result and after it:
+where the job ran, what it loaded, the reproducibility record, webhook deliveries); version 3
+added ``jobs.owner`` (the user a job belongs to in multi-user mode).
 """
 
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: ("ALTER TABLE jobs ADD COLUMN notes TEXT NOT NULL DEFAULT '{}'",),
+    3: ("ALTER TABLE jobs ADD COLUMN owner TEXT",),
 }
 """Statements that bring a file of version ``v - 1`` to version ``v``."""
 
@@ -46,7 +49,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     meta        TEXT    NOT NULL DEFAULT '{}',
     messages    TEXT    NOT NULL DEFAULT '[]',
     outputs     TEXT    NOT NULL DEFAULT '{}',
-    notes       TEXT    NOT NULL DEFAULT '{}' -- JSON facts about the run (worker, models loaded)
+    notes       TEXT    NOT NULL DEFAULT '{}', -- JSON facts about the run (worker, record, webhooks)
+    owner       TEXT                          -- user name (multi-user) or NULL
 );
 CREATE TABLE IF NOT EXISTS job_payloads (
     seq                INTEGER PRIMARY KEY REFERENCES jobs (seq) ON DELETE CASCADE,
@@ -68,7 +72,7 @@ CREATE TABLE IF NOT EXISTS counters (
 
 COLUMNS = (
     "prompt_id, number, priority, status, client_id, prompt, extra_data, outputs_to_execute, "
-    "created_at, started_at, finished_at, outputs, messages, meta, error, attempts, notes"
+    "created_at, started_at, finished_at, outputs, messages, meta, error, attempts, notes, owner"
 )
 RUN_ORDER = "priority DESC, number, seq"
 FINISHED_SQL = "status IN ('succeeded','failed','cancelled','interrupted')"
@@ -80,7 +84,7 @@ def dumps(value: Any) -> str:
 
 def row_to_job(row: Sequence[Any]) -> Job:
     (prompt_id, number, priority, status, client_id, prompt, extra_data, outputs_to_execute,
-     created_at, started_at, finished_at, outputs, messages, meta, error, attempts, notes) = row
+     created_at, started_at, finished_at, outputs, messages, meta, error, attempts, notes, owner) = row
     return Job(
         prompt_id=prompt_id,
         number=float(number),
@@ -98,6 +102,7 @@ def row_to_job(row: Sequence[Any]) -> Job:
         messages_json=messages,
         meta_json=meta,
         error_json=error,
+        owner=owner,
         notes_json=notes,
     )
 

@@ -72,8 +72,8 @@ Concurrency
     :meth:`JobStore.claim_next` blocks on a :class:`threading.Condition` that
     :meth:`JobStore.enqueue` notifies.  The claim is also atomic at the SQL level
     (``UPDATE ... RETURNING`` in a ``BEGIN IMMEDIATE`` transaction), but one process
-    should own a database file: wake-ups, the number counter, the completion sequence
-    and the history size are kept in memory per store (a second writer could only
+    should own a database file: wake-ups, the number counter, the completion sequence,
+    the history size and the queue size are kept in memory per store (a second writer could only
     produce equal numbers, which fall back to insertion order).
     WAL checkpoints (which fsync) run on a small background thread with its own
     connection, so they do not stall enqueue/claim/finish; the connection's automatic
@@ -161,6 +161,7 @@ class JobStore:
         self._next_number = 0
         self._next_finish_seq = 1
         self._history_len = 0
+        self._active = 0  # pending + running, kept in step with every state change
         self._commits = 0
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction is
         # exactly what _tx() says and nothing is left open by implicit BEGINs.
@@ -208,6 +209,9 @@ class JobStore:
             ).fetchone()[0]
             self._history_len = conn.execute(
                 f"SELECT COUNT(*) FROM jobs WHERE {FINISHED_SQL}"
+            ).fetchone()[0]
+            self._active = conn.execute(
+                "SELECT COUNT(*) FROM jobs WHERE status IN ('pending','running')"
             ).fetchone()[0]
         self._next_number = max(
             0 if saved is None else int(saved[0]),
@@ -257,6 +261,7 @@ class JobStore:
         front: bool = False,
         number: float | None = None,
         priority: int = 0,
+        owner: str | None = None,
     ) -> Job:
         """Add a pending job and wake one waiting :meth:`claim_next`.
 
@@ -264,7 +269,8 @@ class JobStore:
         counter supplies it and is incremented; with ``front=True`` the number is the
         negated counter (as ComfyUI does) or, when some pending job is already lower,
         one below the lowest.  Raises :class:`DuplicateJobError` when ``prompt_id`` is
-        already known (queued, running or in history).
+        already known (queued, running or in history).  ``owner`` is the user the job
+        belongs to (multi-user mode); listings and removals can be narrowed to one owner.
         """
         if number is not None and not math.isfinite(float(number)):
             raise ValueError(f"queue number must be finite, got {number!r}")
@@ -290,8 +296,8 @@ class JobStore:
                         value = float(self._next_number)
                     seq = conn.execute(
                         "INSERT INTO jobs (prompt_id, number, priority, status, client_id,"
-                        " created_at) VALUES (?,?,?,?,?,?)",
-                        (prompt_id, value, int(priority), _PENDING, client_id, now),
+                        " created_at, owner) VALUES (?,?,?,?,?,?,?)",
+                        (prompt_id, value, int(priority), _PENDING, client_id, now, owner),
                     ).lastrowid
                     conn.execute(
                         "INSERT INTO job_payloads (seq, outputs_to_execute, prompt, extra_data)"
@@ -302,13 +308,14 @@ class JobStore:
                 raise DuplicateJobError(f"prompt_id {prompt_id!r} already exists") from exc
             if number is None:
                 self._next_number += 1
+            self._active += 1
             self._committed()
             self._work.notify()
         return Job(
             prompt_id=prompt_id, number=value, priority=int(priority), status=JobStatus.PENDING,
             client_id=client_id, created_at=now, started_at=None, finished_at=None, attempts=0,
             prompt_json=prompt_text, extra_data_json=extra_text,
-            outputs_to_execute_json=outputs_text,
+            outputs_to_execute_json=outputs_text, owner=owner,
         )
 
     def claim_next(self, timeout: float | None = None) -> Job | None:
@@ -419,6 +426,7 @@ class JobStore:
                     evicted = self._evict_history_locked(conn, added=1)
             if not retry:
                 self._history_len += 1 - evicted
+                self._active -= 1  # running -> failed leaves the queue (running -> pending stays in it)
             self._committed()
             if retry:
                 self._work.notify()
@@ -437,7 +445,8 @@ class JobStore:
     ) -> None:
         """Record the end of a running job and move it into history.
 
-        ``notes`` are merged into the job's notes (facts about the run: the worker that ran it …).
+        ``notes`` are merged into the job's notes (facts about the run: the worker that ran it, the
+        reproducibility record …; see :meth:`annotate`).
 
         Raises ``KeyError`` for an unknown id and :class:`JobStateError` when the job is
         not running (finishing twice is a bug in the caller, not something to paper over).
@@ -467,7 +476,25 @@ class JobStore:
                     raise JobStateError(f"job {prompt_id} is {row[0]}, not running")
                 evicted = self._evict_history_locked(conn, added=1)
             self._history_len += 1 - evicted
+            self._active -= 1
             self._committed()
+
+    def annotate(self, prompt_id: str, key: str, value: Any) -> bool:
+        """Set ``notes[key] = value`` on a job in any state; False when the id is unknown.
+
+        Notes are what is learnt about a job after it ran (webhook deliveries); they appear
+        in its history entry under ``genesis``.
+        """
+        text = dumps(value)
+        with self._lock:
+            self._check_open()
+            with self._tx() as conn:
+                changed = conn.execute(
+                    "UPDATE jobs SET notes = json_set(notes, '$.' || json_quote(?), json(?))"
+                    " WHERE prompt_id = ?", (key, text, prompt_id),
+                ).rowcount
+            self._committed()
+        return changed == 1
 
     def _evict_history_locked(self, conn: sqlite3.Connection, *, added: int) -> int:
         """Delete the oldest finished jobs beyond ``max_history``; returns how many."""
@@ -505,39 +532,47 @@ class JobStore:
         )
         return [row_to_job(r) for r in rows]
 
-    def queue_snapshot(self) -> QueueSnapshot:
-        """Running and pending jobs from one consistent read, for ``GET /queue``."""
+    def queue_snapshot(self, *, owner: str | None = None) -> QueueSnapshot:
+        """Running and pending jobs from one consistent read, for ``GET /queue``
+        (only ``owner``'s when given)."""
+        mine, params = _owner_sql(owner)
         with self._lock:
             self._check_open()
             conn = self._conn
             conn.execute("BEGIN")
             try:
                 running = conn.execute(
-                    f"SELECT {COLUMNS} FROM job_rows WHERE status = 'running'"
-                    " ORDER BY started_at, seq"
+                    f"SELECT {COLUMNS} FROM job_rows WHERE status = 'running'{mine}"
+                    " ORDER BY started_at, seq", params,
                 ).fetchall()
                 pending = conn.execute(
-                    f"SELECT {COLUMNS} FROM job_rows WHERE status = 'pending' ORDER BY {RUN_ORDER}"
+                    f"SELECT {COLUMNS} FROM job_rows WHERE status = 'pending'{mine}"
+                    f" ORDER BY {RUN_ORDER}", params,
                 ).fetchall()
             finally:
                 conn.execute("COMMIT")
         return QueueSnapshot([row_to_job(r) for r in running], [row_to_job(r) for r in pending])
 
     def queue_remaining(self) -> int:
-        """Pending + running count, ComfyUI's ``exec_info.queue_remaining``."""
-        return self._select(
-            "SELECT COUNT(*) FROM jobs WHERE status IN ('pending','running')"
-        )[0][0]
+        """Pending + running count, ComfyUI's ``exec_info.queue_remaining``.
 
-    def count(self, statuses: Iterable[JobStatus | str] | None = None) -> int:
-        """Number of jobs in the given states (all jobs when ``None``)."""
+        Kept in memory in step with every state change (counted once at open), like the
+        history length: asked after every queue change, it costs no query and no lock.
+        """
+        self._check_open()
+        return self._active
+
+    def count(self, statuses: Iterable[JobStatus | str] | None = None, *, owner: str | None = None) -> int:
+        """Number of jobs in the given states (all jobs when ``None``), of ``owner`` when given."""
         values = status_values(statuses)
+        mine, params = _owner_sql(owner)
         if values is None:
-            return self._select("SELECT COUNT(*) FROM jobs")[0][0]
+            return self._select(f"SELECT COUNT(*) FROM jobs WHERE 1{mine}", params)[0][0]
         if not values:
             return 0
         return self._select(
-            f"SELECT COUNT(*) FROM jobs WHERE status IN ({placeholders(len(values))})", values
+            f"SELECT COUNT(*) FROM jobs WHERE status IN ({placeholders(len(values))}){mine}",
+            [*values, *params],
         )[0][0]
 
     def history(
@@ -547,6 +582,7 @@ class JobStore:
         offset: int = 0,
         statuses: Iterable[JobStatus | str] | None = None,
         newest_first: bool = True,
+        owner: str | None = None,
     ) -> JobPage:
         """Finished jobs in completion order (newest first by default), one page.
 
@@ -560,7 +596,8 @@ class JobStore:
         if bad:
             raise ValueError(f"history holds finished jobs only, not {bad}")
         return self.list_jobs(
-            values, limit=max_items, offset=offset, sort=JobSort.FINISHED, descending=newest_first
+            values, limit=max_items, offset=offset, sort=JobSort.FINISHED, descending=newest_first,
+            owner=owner,
         )
 
     def list_jobs(
@@ -571,11 +608,12 @@ class JobStore:
         offset: int = 0,
         sort: JobSort = JobSort.CREATED,
         descending: bool = True,
+        owner: str | None = None,
     ) -> JobPage:
         """A page of jobs in the given states, sorted, with the total count (``/api/jobs``).
 
         Jobs a sort key does not apply to (``FINISHED``/``DURATION`` for unfinished jobs)
-        come last.
+        come last.  ``owner`` narrows the page to one user's jobs.
         """
         if offset < 0:
             raise ValueError("offset must be >= 0")
@@ -588,6 +626,7 @@ class JobStore:
                 return JobPage([], 0, offset, limit)
             where = f"WHERE status IN ({placeholders(len(values))})"
             params = list(values)
+        mine, mine_params = _owner_sql(owner)
         sort = JobSort(sort)
         direction = "DESC" if descending else "ASC"
         if sort is JobSort.QUEUE:
@@ -607,6 +646,9 @@ class JobStore:
         else:
             order = (f"finished_at IS NULL, (finished_at - started_at) {direction},"
                      f" seq {direction}")
+        if mine:
+            where = (where or "WHERE 1") + mine
+            params = [*params, *mine_params]
         with self._lock:
             self._check_open()
             conn = self._conn
@@ -631,39 +673,47 @@ class JobStore:
         return JobPage([row_to_job(rows[q]) for q in seqs if q in rows], total, offset, limit)
 
     # ----------------------------------------------------------------- removal
-    def _delete_where(self, condition: str, prompt_ids: Iterable[str]) -> list[str]:
+    def _delete_where(self, condition: str, prompt_ids: Iterable[str], owner: str | None) -> list[str]:
         """Delete the given jobs that match ``condition`` (caller holds the lock); returns their ids."""
         self._check_open()
+        mine, params = _owner_sql(owner)
         removed: list[str] = []
         with self._tx() as conn:
             for chunk in chunks(list(dict.fromkeys(prompt_ids))):
                 removed += [r[0] for r in conn.execute(
-                    f"DELETE FROM jobs WHERE {condition} AND prompt_id IN"
-                    f" ({placeholders(len(chunk))}) RETURNING prompt_id", chunk,
+                    f"DELETE FROM jobs WHERE {condition}{mine} AND prompt_id IN"
+                    f" ({placeholders(len(chunk))}) RETURNING prompt_id", [*params, *chunk],
                 ).fetchall()]
         return removed
 
-    def delete_pending(self, prompt_ids: Iterable[str]) -> list[str]:
-        """Remove the given jobs if they are still pending; returns the ids removed."""
+    def delete_pending(self, prompt_ids: Iterable[str], *, owner: str | None = None) -> list[str]:
+        """Remove the given jobs if they are still pending (and ``owner``'s); returns the ids removed."""
         with self._lock:
-            removed = self._delete_where("status = 'pending'", prompt_ids)
+            removed = self._delete_where("status = 'pending'", prompt_ids, owner)
+            self._active -= len(removed)
             self._committed()
         return removed
 
-    def clear_pending(self) -> int:
-        """Remove every pending job; returns how many."""
+    def clear_pending(self, *, owner: str | None = None) -> list[str]:
+        """Remove every pending job (of ``owner`` when given); returns their ids."""
+        mine, params = _owner_sql(owner)
         with self._lock:
             self._check_open()
             with self._tx() as conn:
-                n = conn.execute("DELETE FROM jobs WHERE status = 'pending'").rowcount
+                removed = [r[0] for r in conn.execute(
+                    f"DELETE FROM jobs WHERE status = 'pending'{mine} RETURNING prompt_id", params,
+                ).fetchall()]
+            self._active -= len(removed)
             self._committed()
-        return n
+        return removed
 
-    def cancel(self, prompt_ids: Iterable[str]) -> CancelResult:
+    def cancel(self, prompt_ids: Iterable[str], *, owner: str | None = None) -> CancelResult:
         """Pending → ``cancelled`` (kept in history); running ones are reported back.
 
-        Unknown and already finished ids are ignored.
+        Unknown and already finished ids are ignored, and so are other owners' jobs when
+        ``owner`` is given.
         """
+        mine, mine_params = _owner_sql(owner)
         ids = list(dict.fromkeys(prompt_ids))
         cancelled: list[str] = []
         running: list[str] = []
@@ -674,8 +724,8 @@ class JobStore:
                 for chunk in chunks(ids):
                     state = dict(conn.execute(
                         f"SELECT prompt_id, status FROM jobs WHERE prompt_id IN"
-                        f" ({placeholders(len(chunk))}) AND status IN ('pending','running')",
-                        chunk,
+                        f" ({placeholders(len(chunk))}) AND status IN ('pending','running'){mine}",
+                        [*chunk, *mine_params],
                     ).fetchall())
                     for pid in chunk:
                         if state.get(pid) == _RUNNING:
@@ -689,26 +739,39 @@ class JobStore:
                             cancelled.append(pid)
                 evicted = self._evict_history_locked(conn, added=len(cancelled))
             self._history_len += len(cancelled) - evicted
+            self._active -= len(cancelled)
             self._committed()
         return CancelResult(cancelled=cancelled, running=running)
 
-    def delete_history(self, prompt_ids: Iterable[str]) -> list[str]:
+    def delete_history(self, prompt_ids: Iterable[str], *, owner: str | None = None) -> list[str]:
         """Remove finished jobs; pending/running ids are left alone.  Returns ids removed."""
         with self._lock:
-            removed = self._delete_where(FINISHED_SQL, prompt_ids)
+            removed = self._delete_where(FINISHED_SQL, prompt_ids, owner)
             self._history_len -= len(removed)
             self._committed()
         return removed
 
-    def clear_history(self) -> int:
-        """Remove every finished job; returns how many."""
+    def clear_history(self, *, owner: str | None = None) -> int:
+        """Remove every finished job (of ``owner`` when given); returns how many."""
+        mine, params = _owner_sql(owner)
         with self._lock:
             self._check_open()
             with self._tx() as conn:
-                n = conn.execute(f"DELETE FROM jobs WHERE {FINISHED_SQL}").rowcount
-            self._history_len = 0
+                n = conn.execute(f"DELETE FROM jobs WHERE {FINISHED_SQL}{mine}", params).rowcount
+            self._history_len -= n
             self._committed()
         return n
+
+    def check_writable(self) -> None:
+        """Raise unless the database takes a committed write right now (``/ready``)."""
+        with self._lock:
+            self._check_open()
+            with self._tx() as conn:
+                conn.execute(
+                    "INSERT INTO counters (name, value) VALUES ('ready_probes', 1)"
+                    " ON CONFLICT (name) DO UPDATE SET value = value + 1"
+                )
+            self._committed()
 
     # ----------------------------------------------------------------- lifecycle
     def recover_after_restart(self) -> RecoveryReport:
@@ -752,6 +815,7 @@ class JobStore:
                     "SELECT COUNT(*) FROM jobs WHERE status = 'pending'"
                 ).fetchone()[0]
             self._history_len += len(failed) - evicted
+            self._active -= len(failed)
             self._committed()
             if retry:
                 self._work.notify_all()
@@ -790,3 +854,8 @@ class JobStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _owner_sql(owner: str | None) -> tuple[str, list[Any]]:
+    """`` AND owner = ?`` and its parameter, or nothing when every owner's jobs are meant."""
+    return ("", []) if owner is None else (" AND owner = ?", [owner])

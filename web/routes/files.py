@@ -6,7 +6,6 @@ URL-encoded forms are refused.  Uploads stream to disk under a size limit (413 b
 """
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import io
 import json
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from graph_runtime.paths import PathEscapeError, safe_join
 from web.bodies import BadRequest, json_error
@@ -89,18 +89,22 @@ async def view(request: web.Request) -> web.StreamResponse:
     filename, kind = split_annotation(filename, query.get("type") or "output")
     if filename.startswith("/") or ".." in filename or "\\" in filename or "\x00" in filename:
         return json_error(400, "invalid_filename", "Invalid file name", repr(filename))
-    folder = _folder(state, kind, query.get("subfolder", ""))
     name = os.path.basename(filename)
-    path = folder / name
-    if not path.is_file():
+
+    def locate() -> Path | None:  # resolving symlinks and stat touch the disk: off the loop
+        path = _folder(state, kind, query.get("subfolder", "")) / name
+        return path if path.is_file() else None
+
+    path = await state.api.run_blocking(locate)
+    if path is None:
         return json_error(404, "not_found", "File not found", f"{kind}/{query.get('subfolder', '')}/{name}")
     headers = {"Content-Disposition": f'filename="{_quote_header(name)}"', "Cache-Control": _cache_control(kind)}
     preview = query.get("preview")
     channel = query.get("channel") or ""
     if preview or channel in ("rgb", "a"):
         try:
-            body, ctype = await asyncio.to_thread(_transcode, path, preview, channel)
-        except (OSError, ValueError) as exc:
+            body, ctype = await state.api.run_blocking(_transcode, path, preview, channel)
+        except Exception as exc:  # noqa: BLE001 - a file Pillow cannot convert (truncated, a bomb, not an image)
             return json_error(415, "unsupported_media", "Cannot convert this file", str(exc))
         return web.Response(body=body, content_type=ctype, headers=headers)
     headers["Content-Type"] = content_type_for(name)
@@ -156,6 +160,13 @@ async def _read_multipart(request: web.Request, limit: int) -> _Upload:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
     if not request.content_type.startswith("multipart/"):
         raise BadRequest("invalid_request", "Expected a multipart/form-data body", request.content_type)
+    try:
+        return await _parts(request, limit)
+    except (ValueError, HttpProcessingError) as exc:  # no boundary, truncated body, bad part headers
+        raise BadRequest("invalid_request", "Malformed multipart/form-data body", str(exc)) from None
+
+
+async def _parts(request: web.Request, limit: int) -> _Upload:
     upload = _Upload()
     total = 0
     reader = await request.multipart()
@@ -233,7 +244,7 @@ def _upload_target(state: WebState, upload: _Upload) -> tuple[Path, str, str, bo
 async def upload_image(request: web.Request) -> web.Response:
     state = state_of(request)
     upload = await _read_multipart(request, state.max_upload_bytes)
-    wanted, kind, subfolder, overwrite = _upload_target(state, upload)
+    wanted, kind, subfolder, overwrite = await state.api.run_blocking(_upload_target, state, upload)
     assert upload.data is not None
 
     def save() -> Path:
@@ -242,7 +253,7 @@ async def upload_image(request: web.Request) -> web.Response:
             _write(target, upload.data)
         return target
 
-    target = await asyncio.to_thread(save)
+    target = await _saved(state, save)
     log.info("uploaded %s (%d bytes) to %s", target.name, len(upload.data), kind)
     return web.json_response({"name": target.name, "subfolder": subfolder, "type": kind})
 
@@ -251,7 +262,7 @@ async def upload_image(request: web.Request) -> web.Response:
 async def upload_mask(request: web.Request) -> web.Response:
     state = state_of(request)
     upload = await _read_multipart(request, state.max_upload_bytes)
-    wanted, kind, subfolder, overwrite = _upload_target(state, upload)
+    wanted, kind, subfolder, overwrite = await state.api.run_blocking(_upload_target, state, upload)
     try:
         ref = json.loads(upload.fields.get("original_ref") or "")
     except ValueError:
@@ -259,13 +270,18 @@ async def upload_mask(request: web.Request) -> web.Response:
     if not isinstance(ref, dict) or not isinstance(ref.get("filename"), str) or not ref["filename"]:
         raise BadRequest("invalid_request", "original_ref needs a filename", "{filename, subfolder?, type?}")
     ref_name, ref_kind = split_annotation(ref["filename"], str(ref.get("type") or "output"))
-    original = _folder(state, ref_kind, str(ref.get("subfolder") or "")) / _check_name(ref_name)
-    if not original.is_file():
+
+    def locate() -> Path | None:
+        path = _folder(state, ref_kind, str(ref.get("subfolder") or "")) / _check_name(ref_name)
+        return path if path.is_file() else None
+
+    original = await state.api.run_blocking(locate)
+    if original is None:
         return json_error(404, "not_found", "The original image does not exist", f"{ref_kind}/{ref_name}")
     assert upload.data is not None
     try:
-        data = await asyncio.to_thread(_apply_mask, original, upload.data)
-    except (OSError, ValueError) as exc:
+        data = await state.api.run_blocking(_apply_mask, original, upload.data)
+    except Exception as exc:  # noqa: BLE001 - any image the decoder refuses is the client's problem
         raise BadRequest("invalid_image", "Cannot read the uploaded mask or the original image", str(exc)) from None
 
     def save() -> Path:
@@ -273,8 +289,18 @@ async def upload_mask(request: web.Request) -> web.Response:
         _write(target, data)
         return target
 
-    target = await asyncio.to_thread(save)
+    target = await _saved(state, save)
     return web.json_response({"name": target.name, "subfolder": subfolder, "type": kind})
+
+
+async def _saved(state: WebState, save: Any) -> Path:
+    """Run ``save`` off the loop; a name that collides with a folder (or the reverse) is a 409."""
+    try:
+        return await state.api.run_blocking(save)
+    except (FileExistsError, IsADirectoryError, NotADirectoryError) as exc:
+        raise web.HTTPConflict(text=json.dumps({"error": {
+            "type": "conflict", "message": "A file and a folder would have the same name",
+            "details": str(exc), "extra_info": {}}}), content_type="application/json") from None
 
 
 def _apply_mask(original: Path, mask_bytes: bytes) -> bytes:

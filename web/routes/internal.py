@@ -1,6 +1,8 @@
 """``/internal/*`` (no ``/api`` twin, as in ComfyUI): logs, folder paths, data-folder listings."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from aiohttp import web
 
 from web.bodies import LogsSubscribeBody, json_error, parse_body
@@ -40,7 +42,19 @@ async def files(request: web.Request) -> web.Response:
     kind = request.match_info["directory_type"]
     if kind not in KINDS:
         return json_error(400, "invalid_type", "Invalid directory type", kind)
-    folder = state_of(request).paths.directory_for(kind)
-    entries = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")] if folder.is_dir() else []
-    entries.sort(key=lambda p: p.stat().st_mtime, reverse=True)
-    return web.json_response([p.name for p in entries])
+    state = state_of(request)
+    return web.json_response(await state.api.run_blocking(_newest_first, state.paths.directory_for(kind)))
+
+
+def _newest_first(folder: Path) -> list[str]:
+    """File names directly in ``folder``, most recently modified first."""
+    if not folder.is_dir():
+        return []
+    entries = []
+    for p in folder.iterdir():
+        try:
+            if p.is_file() and not p.name.startswith("."):
+                entries.append((p.stat().st_mtime, p.name))
+        except OSError:  # removed while listing
+            continue
+    return [name for _, name in sorted(entries, reverse=True)]

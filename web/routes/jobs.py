@@ -6,6 +6,8 @@ execution_error, priority}`` with statuses ``pending | in_progress | completed |
 cancelled``; times are epoch milliseconds.  ``GET /jobs/{id}`` adds ``workflow`` (the API
 prompt and the UI workflow the job came from), ``outputs``, ``execution_status`` and
 ``execution_meta``.  An unknown id is a 404, a pending one is ``status: pending``.
+Reads go through the runtime façade (off the event loop); in multi-user mode a user lists,
+reads and cancels only their own jobs.
 """
 from __future__ import annotations
 
@@ -14,7 +16,9 @@ from typing import Any
 from aiohttp import web
 
 from graph_runtime.jobs import Job, JobSort, JobStatus
+from web.auth import owner_of
 from web.bodies import BadRequest, CancelJobsBody, json_error, parse_body
+from web.results import execution_error
 from web.state import state_of
 
 routes = web.RouteTableDef()
@@ -34,6 +38,7 @@ for _store, _api in API_STATUS.items():
 PREVIEWABLE_KEYS = ("images", "video", "audio", "gifs", "animated")
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 200
+MAX_OFFSET = 2 ** 62
 
 
 def _ms(seconds: float | None) -> int | None:
@@ -59,19 +64,6 @@ def _preview(items: list[tuple[str, str, Any]]) -> dict[str, Any] | None:
     return None
 
 
-def _execution_error(job: Job) -> dict[str, Any] | None:
-    if job.status is not JobStatus.FAILED:
-        return None
-    for kind, data in reversed(job.messages):
-        if kind == "execution_error" and isinstance(data, dict):
-            return data
-    error = job.error or {}
-    return {"node_id": str(error.get("node_id") or ""), "node_type": str(error.get("node_type") or ""),
-            "exception_message": str(error.get("exception_message") or error.get("message") or "failed"),
-            "exception_type": str(error.get("exception_type") or ""),
-            "traceback": [str(t) for t in error.get("traceback") or []]}
-
-
 def job_summary(job: Job) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "id": job.prompt_id,
@@ -90,7 +82,7 @@ def job_summary(job: Job) -> dict[str, Any]:
         summary["outputs_count"] = len(items)
         summary["previewable_outputs_count"] = sum(1 for _, key, _ in items if key in PREVIEWABLE_KEYS)
         summary["preview_output"] = _preview(items)
-        summary["execution_error"] = _execution_error(job)
+        summary["execution_error"] = execution_error(job)
     return summary
 
 
@@ -140,17 +132,17 @@ def _int(request: web.Request, name: str, default: int | None, lo: int, hi: int 
 
 @routes.get("/jobs")
 async def list_jobs(request: web.Request) -> web.Response:
-    store = state_of(request).runtime.store
     statuses = _statuses(request.query.get("status"))
     limit = _int(request, "limit", DEFAULT_LIMIT, 0, MAX_LIMIT)
-    offset = _int(request, "offset", 0, 0) or 0
+    offset = _int(request, "offset", 0, 0, MAX_OFFSET) or 0
     sort_by = request.query.get("sort_by", "created_at")
     order = request.query.get("sort_order", "desc")
     if sort_by not in ("created_at", "execution_duration") or order not in ("asc", "desc"):
         raise BadRequest("invalid_request", "Invalid sort", "sort_by: created_at | execution_duration; "
                          "sort_order: asc | desc")
     sort = JobSort.CREATED if sort_by == "created_at" else JobSort.DURATION
-    page = store.list_jobs(statuses, limit=limit, offset=offset, sort=sort, descending=order == "desc")
+    page = await state_of(request).api.list_jobs(statuses, limit=limit, offset=offset, sort=sort,
+                                                 descending=order == "desc", owner=owner_of(request))
     return web.json_response({
         "jobs": [job_summary(j) for j in page.jobs],
         "pagination": {"offset": offset, "limit": limit,
@@ -160,7 +152,7 @@ async def list_jobs(request: web.Request) -> web.Response:
 
 @routes.get("/jobs/{job_id}")
 async def get_job(request: web.Request) -> web.Response:
-    job = state_of(request).runtime.store.get(request.match_info["job_id"])
+    job = await state_of(request).api.get(request.match_info["job_id"], owner=owner_of(request))
     if job is None:
         return json_error(404, "not_found", "Job not found", request.match_info["job_id"])
     return web.json_response(job_detail(job))
@@ -168,11 +160,11 @@ async def get_job(request: web.Request) -> web.Response:
 
 @routes.get("/jobs/{job_id}/assets")
 async def get_job_assets(request: web.Request) -> web.Response:
-    job = state_of(request).runtime.store.get(request.match_info["job_id"])
+    job = await state_of(request).api.get(request.match_info["job_id"], owner=owner_of(request))
     if job is None:
         return json_error(404, "not_found", "Job not found", request.match_info["job_id"])
     limit = _int(request, "limit", 500, 0, MAX_LIMIT) or 0
-    offset = _int(request, "offset", 0, 0) or 0
+    offset = _int(request, "offset", 0, 0, MAX_OFFSET) or 0
     assets = []
     per_node: dict[tuple[str, str], int] = {}
     for node_id, key, item in _output_items(job.outputs):
@@ -190,20 +182,20 @@ async def get_job_assets(request: web.Request) -> web.Response:
 
 @routes.post("/jobs/{job_id}/cancel")
 async def cancel_job(request: web.Request) -> web.Response:
-    runtime = state_of(request).runtime
+    api = state_of(request).api
+    owner = owner_of(request)
     job_id = request.match_info["job_id"]
-    job = runtime.store.get(job_id)
+    job = await api.get(job_id, owner=owner)
     if job is None:
         return json_error(404, "not_found", "Job not found", job_id)
     if job.status.is_finished:
         return json_error(409, "conflict", "Job already finished", f"{job_id} is {API_STATUS[job.status]}")
-    result = runtime.cancel([job_id])
+    result = await api.cancel([job_id], owner=owner)
     return web.json_response({"cancelled": result["cancelled"] + result["interrupted"]})
 
 
 @routes.post("/jobs/cancel")
 async def cancel_jobs(request: web.Request) -> web.Response:
-    runtime = state_of(request).runtime
     body = await parse_body(request, CancelJobsBody)
-    result = runtime.cancel(body.job_ids)
+    result = await state_of(request).api.cancel(body.job_ids, owner=owner_of(request))
     return web.json_response({"cancelled": result["cancelled"] + result["interrupted"]})

@@ -1,8 +1,11 @@
 """Server facts and node/model catalogues: system_stats, features, extensions, i18n,
-object_info, embeddings, models, experiment/models, view_metadata, workflow templates."""
+object_info, embeddings, models, experiment/models, view_metadata, workflow templates.
+
+Everything that lists folders or reads files runs off the event loop (``api.run_blocking``
+or a façade method); model listings come from the mtime-cached listings validation uses too.
+"""
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import struct
@@ -31,9 +34,13 @@ def features(state: WebState) -> dict[str, Any]:
 @routes.get("/system_stats")
 async def system_stats(request: web.Request) -> web.Response:
     state = state_of(request)
-    stats = state.sysinfo.stats()
-    stats["models"] = state.runtime.memory_stats()  # what the model manager holds, where, and its budget
-    return web.json_response(stats)
+
+    def collect() -> dict[str, Any]:  # probes devices and memory: off the loop
+        stats = state.sysinfo.stats()
+        stats["models"] = state.runtime.memory_stats()  # what the model manager holds, where, and its budget
+        return stats
+
+    return web.json_response(await state.api.run_blocking(collect))
 
 
 @routes.get("/features")
@@ -56,7 +63,8 @@ def extension_scripts(state: WebState) -> list[str]:
 
 @routes.get("/extensions")
 async def get_extensions(request: web.Request) -> web.Response:
-    return web.json_response(extension_scripts(state_of(request)))
+    state = state_of(request)
+    return web.json_response(await state.api.run_blocking(extension_scripts, state))
 
 
 def _custom_packs(state: WebState) -> list[Path]:
@@ -69,9 +77,14 @@ def _custom_packs(state: WebState) -> list[Path]:
 
 @routes.get("/i18n")
 async def get_i18n(request: web.Request) -> web.Response:
+    state = state_of(request)
+    return web.json_response(await state.api.run_blocking(_translations, state))
+
+
+def _translations(state: WebState) -> dict[str, dict[str, Any]]:
     """Translations shipped by custom node packs (``locales/<lang>/*.json``), merged per language."""
     merged: dict[str, dict[str, Any]] = {}
-    for pack in _custom_packs(state_of(request)):
+    for pack in _custom_packs(state):
         locales = pack / "locales"
         if not locales.is_dir():
             continue
@@ -88,24 +101,24 @@ async def get_i18n(request: web.Request) -> web.Response:
                     target.update(data)
                 else:
                     target.setdefault(key, {}).update(data)
-    return web.json_response(merged)
+    return merged
 
 
 @routes.get("/object_info")
 async def get_object_info(request: web.Request) -> web.Response:
-    return web.json_response(state_of(request).runtime.object_info())
+    return web.json_response(await state_of(request).api.object_info())
 
 
 @routes.get("/object_info/{node_class}")
 async def get_node_info(request: web.Request) -> web.Response:
     name = request.match_info["node_class"]
-    info = state_of(request).runtime.node_info(name)
+    info = await state_of(request).api.node_info(name)
     return web.json_response({} if info is None else {name: info})
 
 
 @routes.get("/embeddings")
 async def get_embeddings(request: web.Request) -> web.Response:
-    names = state_of(request).paths.list_models("embeddings")
+    names = await state_of(request).api.list_models("embeddings")
     return web.json_response([os.path.splitext(n)[0] for n in names])
 
 
@@ -116,11 +129,11 @@ async def get_model_folders(request: web.Request) -> web.Response:
 
 @routes.get("/models/{folder}")
 async def get_models(request: web.Request) -> web.Response:
-    paths = state_of(request).paths
+    state = state_of(request)
     folder = request.match_info["folder"]
-    if folder not in paths.folders:
+    if folder not in state.paths.folders:
         return json_error(404, "not_found", "Unknown model folder", folder)
-    return web.json_response(paths.list_models(folder))
+    return web.json_response(await state.api.list_models(folder))
 
 
 @routes.get("/experiment/models")
@@ -132,12 +145,16 @@ async def get_experiment_models(request: web.Request) -> web.Response:
 
 @routes.get("/experiment/models/{folder}")
 async def get_experiment_folder(request: web.Request) -> web.Response:
-    paths = state_of(request).paths
+    state = state_of(request)
     folder = request.match_info["folder"]
-    if folder not in paths.folders:
+    if folder not in state.paths.folders:
         return json_error(404, "not_found", "Unknown model folder", folder)
+    return web.json_response(await state.api.run_blocking(_model_entries, state.paths.folders[folder]))
+
+
+def _model_entries(roots: list[Path]) -> list[dict[str, Any]]:
     entries = []
-    for index, root in enumerate(paths.folders[folder]):
+    for index, root in enumerate(roots):
         if not root.is_dir():
             continue
         for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
@@ -152,7 +169,7 @@ async def get_experiment_folder(request: web.Request) -> web.Response:
                     continue
                 entries.append({"name": full.relative_to(root).as_posix(), "pathIndex": index,
                                 "modified": st.st_mtime, "created": st.st_ctime, "size": st.st_size})
-    return web.json_response(entries)
+    return entries
 
 
 PREVIEW_SUFFIXES = (".webp", ".png", ".jpg", ".jpeg", ".gif")
@@ -161,9 +178,8 @@ PREVIEW_SUFFIXES = (".webp", ".png", ".jpg", ".jpeg", ".gif")
 @routes.get("/experiment/models/preview/{folder}/{path_index}/{filename:.+}")
 async def model_preview(request: web.Request) -> web.StreamResponse:
     """A model's preview picture (``<name>.png`` or ``<name>.preview.png`` … next to it), as WebP."""
-    import asyncio
-
-    paths = state_of(request).paths
+    state = state_of(request)
+    paths = state.paths
     folder, filename = request.match_info["folder"], request.match_info["filename"]
     try:
         root = paths.folders[folder][int(request.match_info["path_index"])]
@@ -173,14 +189,22 @@ async def model_preview(request: web.Request) -> web.StreamResponse:
         model = safe_join(root, filename)
     except PathEscapeError as exc:
         return json_error(403, "forbidden", "Invalid path", str(exc))
+    body = await state.api.run_blocking(_preview_webp, model)
+    if body is None:
+        return json_error(404, "not_found", "No preview for this model", filename)
+    return web.Response(body=body, content_type="image/webp", headers={"Cache-Control": "public, max-age=3600"})
+
+
+def _preview_webp(model: Path) -> bytes | None:
     stem = model.with_suffix("")
     for candidate in [stem.with_name(stem.name + s) for s in PREVIEW_SUFFIXES] + \
                      [stem.with_name(stem.name + ".preview" + s) for s in PREVIEW_SUFFIXES]:
         if candidate.is_file():
-            body = await asyncio.to_thread(_to_webp, candidate)
-            return web.Response(body=body, content_type="image/webp",
-                                headers={"Cache-Control": "public, max-age=3600"})
-    return json_error(404, "not_found", "No preview for this model", filename)
+            try:
+                return _to_webp(candidate)
+            except (OSError, ValueError):
+                return None
+    return None
 
 
 def _to_webp(path: Path) -> bytes:
@@ -209,18 +233,25 @@ def read_safetensors_metadata(path: Path) -> dict[str, Any] | None:
 
 @routes.get("/view_metadata/{folder}")
 async def view_metadata(request: web.Request) -> web.Response:
-    paths = state_of(request).paths
+    state = state_of(request)
+    paths = state.paths
     folder = request.match_info["folder"]
     filename = request.query.get("filename", "")
     if folder not in paths.folders or not filename.endswith(".safetensors"):
         return json_error(404, "not_found", "No such safetensors file", f"{folder}/{filename}")
-    path = paths.model_path(folder, filename)
-    if path is None or not path.is_file():
-        return json_error(404, "not_found", "No such safetensors file", f"{folder}/{filename}")
+
+    def read() -> dict[str, Any] | None | bool:
+        path = paths.model_path(folder, filename)
+        if path is None or not path.is_file():
+            return False
+        return read_safetensors_metadata(path)
+
     try:
-        meta = read_safetensors_metadata(path)
+        meta = await state.api.run_blocking(read)
     except (OSError, ValueError) as exc:
         return json_error(400, "invalid_file", "Not a readable safetensors file", str(exc))
+    if meta is False:
+        return json_error(404, "not_found", "No such safetensors file", f"{folder}/{filename}")
     if not meta:
         return json_error(404, "not_found", "The file has no metadata", filename)
     return web.json_response(meta)
@@ -272,7 +303,7 @@ def _all_template_names(state: WebState) -> dict[str, list[str]]:
 @routes.get("/workflow_templates")
 async def workflow_templates(request: web.Request) -> web.Response:
     state = state_of(request)
-    return web.json_response(await asyncio.to_thread(_all_template_names, state))
+    return web.json_response(await state.api.run_blocking(_all_template_names, state))
 
 
 @routes.get("/workflow_templates/{module}/{name}")
@@ -287,6 +318,6 @@ async def workflow_template_file(request: web.Request) -> web.StreamResponse:
     except PathEscapeError as exc:
         return json_error(403, "forbidden", "Invalid path", str(exc))
     if not path.is_file() or path.suffix != ".json" or \
-            path.stem not in await asyncio.to_thread(_template_names, state, module, directory):
+            path.stem not in await state.api.run_blocking(_template_names, state, module, directory):
         return json_error(404, "not_found", "Template not found", request.match_info["name"])
     return web.FileResponse(path)

@@ -120,3 +120,31 @@ def test_fp8_fast_is_refused_at_validation_where_the_device_cannot(tmp_path, dev
         # the plain fp8 storage runs anywhere float8 exists: only fp8 matmul is refused
         other = PromptValidator(registry, paths, RuntimeOptions(device="cpu")).validate(_unet_prompt("fp8_e4m3fn"))
         assert other.ok, other.node_errors
+
+
+def test_the_tensors_cast_at_load_are_exactly_those_fp8_storage_casts():
+    """Loaders cast ``fp8_tensor_names`` straight to fp8 while assigning weights; that set must be what
+    diffusers' layerwise casting (``fp8_storage``) then stores in fp8 — no more (a norm in fp8 would
+    be computed in fp8), no less (a compute-dtype copy would survive)."""
+    from diffusers import FluxTransformer2DModel, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from nodes.diffusion import configs
+    from nodes.diffusion.types import ModelFamily
+    from nodes.quantize.methods import fp8_storage, fp8_tensor_names
+
+    flux_cfg = configs.flux_transformer_config(in_channels=16, num_layers=1, num_single_layers=1, head_dim=8,
+                                               num_heads=2, joint_attention_dim=32, pooled_projection_dim=16,
+                                               guidance_embeds=True, out_channels=16)
+    flux_cfg["axes_dims_rope"] = (2, 3, 3)
+    models = [UNet2DConditionModel.from_config(configs.sd_unet_config(
+                  ModelFamily.SD15, block_out_channels=(32, 64), attention_levels=(False, True), layers_per_block=1,
+                  transformer_layers=(1, 1), cross_attention_dim=32)),
+              FluxTransformer2DModel.from_config(flux_cfg),
+              CLIPTextModel(CLIPTextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                           num_attention_heads=2, vocab_size=100, max_position_embeddings=16))]
+    for model in models:
+        names = fp8_tensor_names(model)
+        fp8_storage(model, torch.float8_e4m3fn, torch.float32)
+        cast = {n for n, p in model.named_parameters() if p.dtype == torch.float8_e4m3fn}
+        assert names and names == cast, (type(model).__name__, sorted(names ^ cast)[:5])

@@ -164,3 +164,58 @@ def test_free_memory_also_drops_cached_outputs_and_unload_models_keeps_them(tmp_
     finally:
         server.stop()
         runtime.stop()
+
+
+LOAD_PEAK = """
+import gc, json, sys
+sys.path.insert(0, {repo!r})
+import torch
+from graph_runtime.context import NodeContext, RuntimeOptions
+from graph_runtime.device_memory import malloc_trim
+from graph_runtime.model_manager import ModelManager
+from graph_runtime.paths import FolderPaths
+from nodes import loaders as L
+
+def status(field):
+    import re
+    return int(re.search(field + r":\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) << 10
+
+paths = FolderPaths(sys.argv[1])
+ctx = NodeContext(node_id="1", class_type="UNETLoader", prompt_id="p", paths=paths, models=ModelManager(),
+                  options=RuntimeOptions(device="cpu"))
+import diffusers, nodes.diffusion.single_file, nodes.quantize.methods  # imported before the baseline
+gc.collect(); malloc_trim()
+open("/proc/self/clear_refs", "w").write("5")  # VmHWM := VmRSS
+base = status("VmRSS")
+model = L.UNETLoader().execute(ctx, "half.safetensors", sys.argv[2])[0]
+print(json.dumps({{"peak": status("VmHWM") - base, "held": model.weights.size_bytes}}))
+"""
+
+
+def test_fp8_weights_are_cast_while_loading_so_the_full_precision_model_never_exists(tmp_path, sized_checkpoints):
+    """UNETLoader weight_dtype fp8 on an fp16 file (as real checkpoints are): each weight goes from the file
+    straight to fp8, so the load peaks near file + fp8 model, not file + fp32 model (CPU compute is fp32)."""
+    import json
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file, save_file
+
+    sized, unet_bytes = sized_checkpoints
+    paths = FolderPaths(tmp_path / "base")
+    paths.ensure_dirs()
+    half = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(str(sized / "mid-a.safetensors")).items()}
+    save_file(half, str(paths.model_dirs("diffusion_models")[0] / "half.safetensors"))
+    del half
+    script = tmp_path / "load_peak.py"
+    script.write_text(LOAD_PEAK.format(repo=str(Path(__file__).resolve().parent.parent)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    peaks = {}
+    for weight_dtype in ("default", "fp8_e4m3fn"):
+        out = subprocess.run([sys.executable, str(script), str(paths.base), weight_dtype], capture_output=True,
+                             text=True, env=env, timeout=600, check=True)
+        peaks[weight_dtype] = json.loads(out.stdout.strip().splitlines()[-1])
+    default, fp8 = peaks["default"], peaks["fp8_e4m3fn"]
+    assert fp8["held"] < 0.3 * default["held"]  # the model itself: fp8 against fp32
+    # default: the fp16 file + the fp32 model (1.5x the fp32 UNet); fp8: the file + the fp8 model (0.75x)
+    assert fp8["peak"] < default["peak"] - 0.4 * unet_bytes, (fp8["peak"] / MB, default["peak"] / MB, unet_bytes / MB)

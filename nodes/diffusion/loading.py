@@ -149,15 +149,29 @@ def make_model(family: ModelFamily, denoiser, source: str, prediction_type: str 
                           source=source, latent_scale=scale, latent_shift=shift, quantization=quantization)
 
 
-def _build_denoiser(path: Path, detected: Detected, sd: dict[str, torch.Tensor], dtype: torch.dtype):
+def _build_denoiser(path: Path, detected: Detected, sd: dict[str, torch.Tensor], dtype: torch.dtype,
+                    storage_of=None):
     from nodes.diffusion import single_file as sf
 
     if detected.family is None:
         raise _unsupported(path, detected)
     body = strip_prefix(sd, detected.prefix) if detected.prefix else sd
     if detected.family.is_flux:
-        return _guard(path, sf.build_flux_transformer, body, path.name, dtype, layout=detected.layout)
-    return _guard(path, sf.build_sd_unet, body, detected.family, path.name, dtype, layout=detected.layout)
+        return _guard(path, sf.build_flux_transformer, body, path.name, dtype, layout=detected.layout,
+                      storage_of=storage_of)
+    return _guard(path, sf.build_sd_unet, body, detected.family, path.name, dtype, layout=detected.layout,
+                  storage_of=storage_of)
+
+
+def _fp8_storage_of(storage: torch.dtype):
+    """For the builders: the tensors fp8 storage will hold, cast straight to ``storage`` while loading."""
+    def storage_of(model: torch.nn.Module) -> dict[str, torch.dtype]:
+        from nodes.quantize.methods import fp8_tensor_names
+
+        # weights only: biases are small, and fp8 matmul keeps them in the compute dtype
+        return dict.fromkeys((n for n in fp8_tensor_names(model) if n.endswith(".weight")), storage)
+
+    return storage_of
 
 
 def _prediction_type(sd_keys: Iterable[str]) -> str | None:
@@ -175,10 +189,11 @@ def _denoiser_loader(path: Path, detected: Detected, dtype: torch.dtype, device:
 
     def load() -> torch.nn.Module:
         sd = _load_tensors(path, prefixes)
-        # built on the CPU; the model manager moves it to ``device`` (or streams it: --lowvram)
-        denoiser = _build_denoiser(path, detected, sd, dtype)
-        del sd
         storage = FP8_STORAGE.get(weight_dtype)
+        # built on the CPU; the model manager moves it to ``device`` (or streams it: --lowvram).  fp8:
+        # the weights are cast to fp8 as they are assigned (the compute-dtype model never exists)
+        denoiser = _build_denoiser(path, detected, sd, dtype, _fp8_storage_of(storage) if storage else None)
+        del sd
         if weight_dtype == "fp8_e4m3fn_fast":  # Linear products in fp8 (torch._scaled_mm), where the device can
             from nodes.quantize.capabilities import fp8_matmul_refusal
             from nodes.quantize.methods import fp8_matmul

@@ -31,9 +31,16 @@ def _empty_init():
     return init_empty_weights(include_buffers=False)
 
 
+StorageOf = Callable[[torch.nn.Module], Mapping[str, torch.dtype]]
+"""Given the empty model, the dtypes some of its tensors are *stored* in (e.g. fp8), by state-dict name."""
+
+
 def _load_strict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], what: str, file_name: str,
-                 dtype: torch.dtype) -> torch.nn.Module:
-    """Assign ``sd`` (cast to ``dtype``) to an empty-initialised model; every tensor must be present and fit."""
+                 dtype: torch.dtype, storage_of: StorageOf | None = None) -> torch.nn.Module:
+    """Assign ``sd`` (cast to ``dtype``) to an empty-initialised model; every tensor must be present and fit.
+
+    ``storage_of``: tensors it names are cast straight to their storage dtype instead (fp8 weights), so a
+    full compute-dtype copy of them never exists while loading."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in sd]
     if missing:
@@ -44,12 +51,13 @@ def _load_strict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], what: s
         k = bad[0]
         raise ModelFileError(f"{file_name}: the {what} has unexpected tensor shapes (e.g. {k}: {tuple(sd[k].shape)} "
                              f"instead of {tuple(expected[k].shape)})")
+    stored = dict(storage_of(model)) if storage_of is not None else {}
     state = {}
     for k, ref in expected.items():
         if k not in sd:
             continue
         t = sd[k]
-        target = dtype if ref.dtype.is_floating_point else ref.dtype
+        target = stored.get(k) or (dtype if ref.dtype.is_floating_point else ref.dtype)
         state[k] = t.to(dtype=target) if t.dtype != target else t
     model.load_state_dict(state, strict=False, assign=True)
     # anything left on the meta device (tied/ignored weights) is an error in the making
@@ -73,9 +81,9 @@ class Blueprint:
     state: dict[str, Any]
     what: str
 
-    def build(self, file_name: str, dtype: torch.dtype) -> torch.nn.Module:
-        """The module with ``state`` loaded strictly, floating tensors cast to ``dtype``."""
-        return _load_strict(self.make(), self.state, self.what, file_name, dtype)
+    def build(self, file_name: str, dtype: torch.dtype, storage_of: StorageOf | None = None) -> torch.nn.Module:
+        """The module with ``state`` loaded strictly, floating tensors cast to ``dtype`` (see :func:`_load_strict`)."""
+        return _load_strict(self.make(), self.state, self.what, file_name, dtype, storage_of)
 
 
 def _empty(factory: Callable[[], torch.nn.Module]) -> Callable[[], torch.nn.Module]:
@@ -89,9 +97,9 @@ def _empty(factory: Callable[[], torch.nn.Module]) -> Callable[[], torch.nn.Modu
 # --- UNet (SD1.x / SDXL) ---------------------------------------------------------------------
 
 def build_sd_unet(unet_sd: Mapping[str, torch.Tensor], family: ModelFamily, file_name: str,
-                  dtype: torch.dtype = torch.float32, layout: str = "ldm"):
+                  dtype: torch.dtype = torch.float32, layout: str = "ldm", storage_of: StorageOf | None = None):
     """UNet2DConditionModel from an LDM/SGM (no prefix) or diffusers-layout state dict."""
-    return sd_unet_blueprint(unet_sd, family, file_name, layout).build(file_name, dtype)
+    return sd_unet_blueprint(unet_sd, family, file_name, layout).build(file_name, dtype, storage_of)
 
 
 def sd_unet_blueprint(unet_sd: Mapping[str, Any], family: ModelFamily, file_name: str,
@@ -133,7 +141,7 @@ def _infer_diffusers_unet_config(sd: Mapping[str, torch.Tensor], family: ModelFa
 # --- FLUX transformer ------------------------------------------------------------------------
 
 def build_flux_transformer(sd: Mapping[str, torch.Tensor], file_name: str, dtype: torch.dtype = torch.float32,
-                           layout: str = "bfl"):
+                           layout: str = "bfl", storage_of: StorageOf | None = None):
     """FluxTransformer2DModel from a BFL (no prefix) or diffusers-layout state dict (any size)."""
     from diffusers import FluxTransformer2DModel
 
@@ -146,7 +154,7 @@ def build_flux_transformer(sd: Mapping[str, torch.Tensor], file_name: str, dtype
         raise ModelFileError(f"{file_name}: cannot read the FLUX transformer ({exc!s})") from exc
     with _empty_init():
         model = FluxTransformer2DModel.from_config(cfg)
-    return _load_strict(model, state, "FLUX transformer", file_name, dtype)
+    return _load_strict(model, state, "FLUX transformer", file_name, dtype, storage_of)
 
 
 # --- VAE -------------------------------------------------------------------------------------

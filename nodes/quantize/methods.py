@@ -54,15 +54,45 @@ def fp8_storage(module: torch.nn.Module, storage: torch.dtype, compute: torch.dt
     each block), which then stays in full precision — 0.455× fp32 weight bytes instead of ≈0.25×.
     """
     from diffusers.hooks import apply_layerwise_casting
+
+    apply_layerwise_casting(module, storage_dtype=storage, compute_dtype=compute, skip_modules_pattern=fp8_skip(module))
+
+
+def fp8_skip(module: torch.nn.Module) -> tuple[str, ...]:
+    """The layer-name patterns (``re.search``) :func:`fp8_storage` keeps in full precision on ``module``."""
     from diffusers.models.modeling_utils import ModelMixin
 
     # a model's own fp32 islands (T5's ``wo``: it casts its input to the weight's dtype itself)
     keep = tuple(rf"(^|\.){name}$" for name in getattr(module, "_keep_in_fp32_modules", None) or ())
     if isinstance(module, ModelMixin):
-        skip = DIFFUSERS_FP8_SKIP + keep
-    else:  # transformers text encoders: norms, token/position embeddings and output heads stay
-        skip = ("norm", "embed", "position", "pos_", "lm_head") + keep
-    apply_layerwise_casting(module, storage_dtype=storage, compute_dtype=compute, skip_modules_pattern=skip)
+        return DIFFUSERS_FP8_SKIP + keep
+    # transformers text encoders: norms, token/position embeddings and output heads stay
+    return ("norm", "embed", "position", "pos_", "lm_head") + keep
+
+
+def fp8_tensor_names(module: torch.nn.Module) -> set[str]:
+    """Names (as in ``state_dict``) of the tensors :func:`fp8_storage` stores in fp8 on ``module`` — the
+    same walk as diffusers' layerwise casting: a skipped layer skips its children, a supported layer
+    (Linear, Conv, Embedding) is cast whole.  Loaders use it to cast those tensors straight to fp8
+    while loading, so the compute-dtype model never exists in memory at once."""
+    import re
+
+    from diffusers.hooks.layerwise_casting import _GO_LC_SUPPORTED_PYTORCH_LAYERS
+
+    skip = fp8_skip(module)
+    names: set[str] = set()
+
+    def walk(m: torch.nn.Module, prefix: str) -> None:
+        if any(re.search(p, prefix) for p in skip):
+            return
+        if isinstance(m, _GO_LC_SUPPORTED_PYTORCH_LAYERS):
+            names.update(f"{prefix}.{n}" if prefix else n for n, _ in m.named_parameters())
+            return
+        for name, child in m.named_children():
+            walk(child, f"{prefix}.{name}" if prefix else name)
+
+    walk(module, "")
+    return names
 
 
 FP8_E4M3_MAX = 448.0  # the largest finite float8_e4m3fn

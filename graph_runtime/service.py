@@ -152,6 +152,7 @@ class Runtime:
         """Pending + running, as of the last queue change (read without touching SQLite)."""
         self.last_report: ExecutionReport | None = None
         self.runner: PromptRunner = runner(self) if runner is not None else LocalWorker(self)
+        self._started = False
 
     # -- node definitions ----------------------------------------------------------------------
     def object_info(self) -> dict[str, dict[str, Any]]:
@@ -342,7 +343,15 @@ class Runtime:
         return bool(alive()) if callable(alive) else True
 
     def start(self) -> None:
-        """Recover jobs cut off by a crash, then start the runner."""
+        """Recover jobs cut off by a crash, then start the runner.
+
+        Idempotent: a second call while started does nothing (recovery on a live store would
+        requeue the prompt that is running now, and a second runner would claim beside the first).
+        """
+        if self._started:
+            log.warning("Runtime.start() called again while started: ignored")
+            return
+        self._started = True
         report = self.store.recover_after_restart()
         if report.requeued or report.failed:
             log.warning("after restart: requeued %s, failed %s", report.requeued, report.failed)

@@ -98,3 +98,27 @@ def test_prompts_run_in_sequence_reuse_their_thread(runtime: Runtime) -> None:
     # one thread per prompt running at once (plus at most one more while the last one finishes)
     assert runtime.runner._threads.size() <= 2
     assert len(started) <= 2
+
+
+def test_a_second_start_neither_requeues_the_running_prompt_nor_adds_a_worker(runtime: Runtime) -> None:
+    """Runtime.start() is idempotent: crash recovery runs once, one claiming thread."""
+    release = threading.Event()
+    entered = threading.Event()
+    ended: dict[str, threading.Event] = {}
+    runtime.add_completion_listener(lambda outcome: ended.setdefault(outcome.prompt_id, threading.Event()).set())
+
+    def gate_listener(event, client_id) -> None:
+        if getattr(event, "type", None) == "executing" and getattr(event, "node", None) == "2":
+            entered.set()
+            release.wait(WAIT)  # hold the prompt in the middle of its run
+
+    runtime.add_listener(gate_listener)
+    submitted = runtime.submit(_prompt(1))
+    assert entered.wait(WAIT)
+    runtime.start()  # again, while the prompt runs
+    assert runtime.store.get(submitted.prompt_id).status is JobStatus.RUNNING
+    workers = [t for t in threading.enumerate() if t.name == "genesis-worker"]
+    release.set()
+    assert ended.setdefault(submitted.prompt_id, threading.Event()).wait(WAIT)
+    assert runtime.store.get(submitted.prompt_id).status is JobStatus.SUCCEEDED
+    assert len(workers) == 1

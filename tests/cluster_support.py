@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +17,7 @@ import psutil
 from graph_runtime.context import NodeContext
 from graph_runtime.registry import NodeRegistry, build_registry
 from graph_runtime.schema import CachePolicy, Float, Int, Node, NodeResult, Resource, String
+from tests.server_process import ServerProcess, poll, wait_for_file_prompt  # noqa: F401 (re-exported)
 
 REGISTRY_FACTORY = "tests.cluster_support:make_registry"
 REPO = Path(__file__).resolve().parent.parent
@@ -160,64 +158,22 @@ def sd15_prompt(registry: NodeRegistry, paths: Any, ckpt_name: str, seed: int, p
     return prompt
 
 
-def poll(check: Any, what: str, timeout: float = 60.0) -> Any:
-    """Wait until ``check()`` is truthy (state held by other processes), or fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.02)  # poll interval
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-
-
-class RayServer:
+class RayServer(ServerProcess):
     """``server.py serve --cpu --ray MODE --ray-workers N`` as a process on a free port (``env``: extra
     variables, e.g. ``RAY_ADDRESS``), and every process it started.  ``base`` holds the gate pack."""
 
     def __init__(self, base: Path, mode: str = "local", workers: int = 2, env: dict[str, str] | None = None) -> None:
-        from tests.web_harness import free_port
-
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = base / f"server-{self.port}.log"
-        env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE", HF_HUB_OFFLINE="1",
-                   RAY_USAGE_STATS_ENABLED="0", **(env or {}))
-        self.proc = subprocess.Popen(
-            [sys.executable, str(REPO / "server.py"), "serve", "--base-directory", str(base), "--port", str(self.port),
-             "--no-tiny-models", "--cpu", "--ray", mode, "--ray-workers", str(workers)],
-            cwd=REPO, env=env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
+        super().__init__(base, "--ray", mode, "--ray-workers", str(workers),
+                         env={"RAY_USAGE_STATS_ENABLED": "0", **(env or {})}, answer_timeout=120, stop_timeout=60)
         try:
-            poll(self._answers, "the server to answer", timeout=120)
             poll(lambda: len([w for w in self.workers() if w.get("alive")]) == workers, f"{workers} Ray worker(s)",
                  timeout=180)
         except BaseException:  # never leave a half-started server (and its cluster) behind
             self.stop()
             raise
 
-    def _answers(self) -> bool:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log.read_text()}")
-        try:
-            return _http("GET", self.url + "/object_info/WaitForFile", timeout=2).status == 200
-        except OSError:
-            return False
-
     def workers(self) -> list[dict]:
         return _http("GET", self.url + "/system_stats").json()["models"].get("workers", [])
-
-    def queue(self, prompt: dict) -> str:
-        reply = _http("POST", self.url + "/prompt", {"prompt": prompt})
-        assert reply.status == 200, reply.text
-        return reply.json()["prompt_id"]
-
-    def queue_state(self) -> tuple[list[str], list[str]]:
-        q = _http("GET", self.url + "/queue").json()
-        return ([i[1] for i in q["queue_running"]],
-                [i[1] for i in sorted(q["queue_pending"], key=lambda item: item[0])])
-
-    def history(self) -> dict:
-        return _http("GET", self.url + "/history").json()
 
     def family(self) -> list[psutil.Process]:
         """The server and every process under it (GCS, raylet, agents, workers)."""
@@ -226,20 +182,6 @@ class RayServer:
             return [me] + me.children(recursive=True)
         except psutil.NoSuchProcess:
             return []
-
-    def stop(self) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
-
-def wait_for_file_prompt(path: Path, tag: int) -> dict:
-    return {"1": {"class_type": "WaitForFile", "inputs": {"path": str(path), "tag": tag}}}
 
 
 def alive(processes: list[psutil.Process]) -> list[psutil.Process]:

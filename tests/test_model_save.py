@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -124,37 +123,45 @@ def test_nf4_models_are_refused_with_the_fix(ctx):
 
 
 WRITER = textwrap.dedent("""
-    import sys, torch
+    import os, sys, time, torch
     sys.path.insert(0, {repo!r})
+    import safetensors.torch
     from nodes.diffusion.atomic_write import save_safetensors_atomic
     gen = torch.Generator().manual_seed(int(sys.argv[2]))
-    tensors = {{f"w{{i}}": torch.randn(1024, 1024, generator=gen) for i in range(int(sys.argv[3]))}}
-    print("ready", flush=True)
+    tensors = {{f"w{{i}}": torch.randn(256, 1024, generator=gen) for i in range(int(sys.argv[3]))}}
+    if sys.argv[4] == "stall":
+        # the real serialisation, but only its first half reaches the file before the process
+        # stops; the test then kills it, so the kill lands in the middle of the write every time
+        def half_write(tensors, filename, metadata=None):
+            data = safetensors.torch.save(tensors, metadata=metadata)
+            with open(filename, "wb") as f:
+                f.write(data[: len(data) // 2])
+                f.flush()
+                os.fsync(f.fileno())
+            print("writing", flush=True)
+            time.sleep(600)
+        safetensors.torch.save_file = half_write
     save_safetensors_atomic(__import__("pathlib").Path(sys.argv[1]), tensors, {{"n": sys.argv[3]}})
     print("done", flush=True)
 """)
 
 
-def _writer(tmp_path: Path, target: Path, seed: int, count: int) -> subprocess.Popen:
+def _writer(tmp_path: Path, target: Path, seed: int, count: int, stall: bool = False) -> subprocess.Popen:
     script = tmp_path / "writer.py"
     script.write_text(WRITER.format(repo=str(REPO)))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, str(script), str(target), str(seed), str(count)], stdout=subprocess.PIPE,
-                            text=True, env=env)
+    return subprocess.Popen([sys.executable, str(script), str(target), str(seed), str(count),
+                             "stall" if stall else "complete"], stdout=subprocess.PIPE, text=True, env=env)
 
 
 def _kill_mid_write(proc: subprocess.Popen, folder: Path) -> None:
-    assert proc.stdout.readline().strip() == "ready"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        partial = [p for p in folder.glob(".*.partial") if p.stat().st_size > 0]
-        if partial:
-            break
-        time.sleep(0.001)  # polling the file system: there is no event for "a write is under way"
-    else:
-        raise AssertionError("the writer never started writing")
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    """SIGKILL the writer while half of the file is on disk under its temporary name."""
+    try:
+        assert proc.stdout.readline().strip() == "writing"
+        assert [p for p in folder.glob(".*.partial") if p.stat().st_size > 0], "no partial file while writing"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
 
 
 def test_a_killed_save_leaves_no_partial_file_under_the_final_name(tmp_path):
@@ -163,17 +170,17 @@ def test_a_killed_save_leaves_no_partial_file_under_the_final_name(tmp_path):
     target = tmp_path / "out" / "big.safetensors"
     target.parent.mkdir()
     # first write killed: nothing under the final name
-    _kill_mid_write(_writer(tmp_path, target, 1, 300), target.parent)  # 1.2 GB of tensors
+    _kill_mid_write(_writer(tmp_path, target, 1, 24, stall=True), target.parent)
     assert not target.exists() and not (target.parent / "big.safetensors.sha256").exists()
     assert clean_partials(target.parent) >= 1
     # a complete write: the sidecar and the bytes agree, the metadata is there
     done = _writer(tmp_path, target, 2, 40)
-    assert done.stdout.read().split() == ["ready", "done"] and done.wait() == 0
+    assert done.stdout.read().split() == ["done"] and done.wait() == 0
     old_sha = _sha(target)
     assert (target.parent / "big.safetensors.sha256").read_text().split() == [old_sha, "big.safetensors"]
     assert model_files.inspect(target)[1]["n"] == "40"
     # an overwrite killed midway: the old complete file is still there, untouched
-    _kill_mid_write(_writer(tmp_path, target, 3, 300), target.parent)
+    _kill_mid_write(_writer(tmp_path, target, 3, 24, stall=True), target.parent)
     assert _sha(target) == old_sha
     assert len(model_files.load(target)) == 40
 

@@ -7,9 +7,10 @@ wakes the worker; done on the loop, one slow disk or one big workflow stalls eve
 and every other request.  Routes therefore never see the :class:`~graph_runtime.jobs.JobStore`
 or the :class:`~graph_runtime.service.Runtime`; they await methods of :class:`AsyncRuntime`.
 
-Two pools, so cheap reads are not stuck behind slow submissions: ``submit`` (conversion and
-validation, the expensive part) and ``reads`` (store queries, listings).  Both are small; the
-store serialises on one lock anyway.
+Writes and reads are apart, so cheap reads are not stuck behind slow submissions: writes
+(submissions, with their conversion and validation, the expensive part; cancels, deletes) run on
+one thread in arrival order, submissions that wait together in one transaction
+(:mod:`graph_runtime.write_queue`); reads (store queries, listings) on a small pool.
 
 Waiting for a job (``POST /api/run``): :meth:`AsyncRuntime.wait` registers a future before it
 reads the job's state, and the runtime's completion listener resolves it from the worker
@@ -28,7 +29,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
 from graph_runtime.jobs import Job, JobPage, JobSort, JobStatus, QueueSnapshot
-from graph_runtime.service import JobOutcome, Runtime, SubmitResult
+from graph_runtime.service import JobOutcome, Runtime, SubmitRequest, SubmitResult
+from graph_runtime.write_queue import WriteQueue
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +51,9 @@ class ReadyCheck:
 class AsyncRuntime:
     """Async access to one :class:`Runtime` (see the module docstring)."""
 
-    def __init__(self, runtime: Runtime, *, submit_workers: int = 1, read_workers: int = 4) -> None:
+    def __init__(self, runtime: Runtime, *, read_workers: int = 4) -> None:
         self.runtime = runtime
-        self._submit_pool = ThreadPoolExecutor(submit_workers, thread_name_prefix="genesis-submit")
+        self._writes = WriteQueue(runtime)
         self._read_pool = ThreadPoolExecutor(read_workers, thread_name_prefix="genesis-read")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiters: dict[str, list[asyncio.Future]] = {}
@@ -70,7 +72,7 @@ class AsyncRuntime:
                 if not fut.done():
                     fut.cancel()
         self._waiters.clear()
-        self._submit_pool.shutdown(wait=False, cancel_futures=True)
+        self._writes.close()
         self._read_pool.shutdown(wait=False, cancel_futures=True)
         self._loop = None
 
@@ -79,8 +81,7 @@ class AsyncRuntime:
         return await loop.run_in_executor(self._read_pool, lambda: fn(*args, **kwargs))
 
     async def _write(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._submit_pool, lambda: fn(*args, **kwargs))
+        return await self._writes.call(fn, *args, **kwargs)
 
     # -- node definitions and files ------------------------------------------------------------
     async def object_info(self) -> dict[str, dict[str, Any]]:
@@ -99,7 +100,7 @@ class AsyncRuntime:
     # -- queueing ------------------------------------------------------------------------------
     async def submit(self, prompt: Any, *, owner: str | None = None, **kwargs: Any) -> SubmitResult:
         """Convert, validate and enqueue off the loop (see :meth:`Runtime.submit`)."""
-        result = await self._write(self.runtime.submit, prompt, owner=owner, **kwargs)
+        result = await self._writes.submit(SubmitRequest(prompt, owner=owner, **kwargs))
         if result.ok:
             for callback in self._on_queued:
                 callback(result)

@@ -218,6 +218,7 @@ class Lanes:
         self.network = NetworkLane(network_concurrency)
         self.gate = GpuGate()
         self.remote_jobs = remote_jobs if remote_jobs is not None else RemoteJobStore(":memory:")
+        self._park_listeners: list[Callable[[str], None]] = []
 
     # -- executor side --------------------------------------------------------------------------
     @staticmethod
@@ -239,7 +240,13 @@ class Lanes:
             return False
         self.gate.release(prompt_id)
         log.debug("prompt %s parked on the network lane", prompt_id)
+        for listener in list(self._park_listeners):
+            listener(prompt_id)
         return True
+
+    def on_park(self, listener: Callable[[str], None]) -> None:
+        """``listener(prompt_id)`` right after a prompt parked (the runner lets another thread claim)."""
+        self._park_listeners.append(listener)
 
     async def unpark(self, prompt_id: str, interrupted: Callable[[], bool]) -> bool:
         """Take the gate back before running non-network nodes (False when interrupted first)."""

@@ -15,6 +15,7 @@ from graph_runtime.jobs.records import (
     JobStateError,
     JobStatus,
     JobStoreError,
+    NewJob,
     QueueSnapshot,
     RecoveryReport,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "JobStatus",
     "JobStore",
     "JobStoreError",
+    "NewJob",
     "QueueSnapshot",
     "RecoveryReport",
 ]

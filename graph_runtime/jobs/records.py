@@ -171,6 +171,21 @@ class Job:
 
 
 @dataclass(frozen=True)
+class NewJob:
+    """One job to enqueue (see :meth:`graph_runtime.jobs.JobStore.enqueue` for the fields' meaning)."""
+
+    prompt_id: str
+    prompt: dict[str, Any]
+    extra_data: dict[str, Any]
+    outputs_to_execute: list[str]
+    client_id: str | None
+    front: bool = False
+    number: float | None = None
+    priority: int = 0
+    owner: str | None = None
+
+
+@dataclass(frozen=True)
 class JobPage:
     """One page of a listing plus the total number of matching jobs, for pagination."""
 

@@ -31,6 +31,10 @@ Crash semantics and concurrency
     The table lives in the job store's file (``jobs.sqlite3``) so one file holds all durable state;
     it has its own connection and does not touch the job store's schema version.  Calls are fast
     (well under a millisecond) and may be made from the network lane's event loop thread.
+    The store remembers which prompts have records (read at open, kept up to date by its own
+    writes; one process owns the file, as with the job store), so the per-prompt calls every
+    prompt makes (:meth:`for_prompt` when it starts, :meth:`forget` when it ends) touch SQLite only
+    for the few prompts that started remote jobs.
     ``":memory:"`` gives a non-durable store with the same behaviour (command-line runs, tests).
 """
 from __future__ import annotations
@@ -112,6 +116,8 @@ class RemoteJobStore:
             self._conn.execute("PRAGMA synchronous = NORMAL")
         with self._lock, self._tx() as conn:
             conn.execute(SCHEMA)
+            self._prompts_with_records: set[str] = {
+                pid for (pid,) in conn.execute("SELECT DISTINCT prompt_id FROM remote_jobs")}
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -144,6 +150,7 @@ class RemoteJobStore:
                              " idempotency_key, created_at, updated_at) VALUES (?,?,?,?,'submitting',?,?,?)",
                              (prompt_id, node_id, call_index, provider, idempotency_key, now, now))
                 job = self._get_locked(prompt_id, node_id, call_index)
+            self._prompts_with_records.add(prompt_id)
         assert job is not None
         return job
 
@@ -179,8 +186,12 @@ class RemoteJobStore:
         """Delete the records of a finished prompt; returns how many."""
         with self._lock:
             self._check_open()
+            if prompt_id not in self._prompts_with_records:
+                return 0
             with self._tx() as conn:
-                return conn.execute("DELETE FROM remote_jobs WHERE prompt_id = ?", (prompt_id,)).rowcount
+                count = conn.execute("DELETE FROM remote_jobs WHERE prompt_id = ?", (prompt_id,)).rowcount
+            self._prompts_with_records.discard(prompt_id)
+            return count
 
     def prune(self, live_prompt_ids: Iterable[str]) -> int:
         """Delete records of prompts not in ``live_prompt_ids`` (call at start-up, after recovery)."""
@@ -193,6 +204,7 @@ class RemoteJobStore:
                 n = 0
                 for pid in dead:
                     n += conn.execute("DELETE FROM remote_jobs WHERE prompt_id = ?", (pid,)).rowcount
+            self._prompts_with_records.difference_update(dead)
         return n
 
     # -- reads ------------------------------------------------------------------------------------
@@ -204,6 +216,8 @@ class RemoteJobStore:
     def for_prompt(self, prompt_id: str) -> list[RemoteJob]:
         with self._lock:
             self._check_open()
+            if prompt_id not in self._prompts_with_records:
+                return []
             rows = self._conn.execute(f"SELECT {_COLUMNS} FROM remote_jobs WHERE prompt_id = ?"
                                       " ORDER BY node_id, call_index", (prompt_id,)).fetchall()
         return [_row(r) for r in rows]

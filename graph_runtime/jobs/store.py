@@ -101,6 +101,7 @@ from graph_runtime.jobs.records import (
     JobStateError,
     JobStatus,
     JobStoreError,
+    NewJob,
     QueueSnapshot,
     RecoveryReport,
 )
@@ -162,6 +163,11 @@ class JobStore:
         self._next_finish_seq = 1
         self._history_len = 0
         self._active = 0  # pending + running, kept in step with every state change
+        self._pending = 0
+        """Pending jobs, kept in step with every state change of this store.  A hint only:
+        claim_next skips its first (write) transaction when it is 0, so a worker that just
+        finished the last job waits without touching SQLite; after any wait it asks SQLite,
+        so a job another connection added is still found (at the next wake-up or timeout)."""
         self._commits = 0
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction is
         # exactly what _tx() says and nothing is left open by implicit BEGINs.
@@ -212,6 +218,9 @@ class JobStore:
             ).fetchone()[0]
             self._active = conn.execute(
                 "SELECT COUNT(*) FROM jobs WHERE status IN ('pending','running')"
+            ).fetchone()[0]
+            self._pending = conn.execute(
+                "SELECT COUNT(*) FROM jobs WHERE status = 'pending'"
             ).fetchone()[0]
         self._next_number = max(
             0 if saved is None else int(saved[0]),
@@ -272,51 +281,78 @@ class JobStore:
         already known (queued, running or in history).  ``owner`` is the user the job
         belongs to (multi-user mode); listings and removals can be narrowed to one owner.
         """
-        if number is not None and not math.isfinite(float(number)):
-            raise ValueError(f"queue number must be finite, got {number!r}")
-        clean_extra = {k: v for k, v in extra_data.items() if k not in SECRET_EXTRA_DATA_KEYS}
-        prompt_text = dumps(prompt)
-        extra_text = dumps(clean_extra)
-        outputs_text = dumps(list(outputs_to_execute))
+        result = self.enqueue_many([NewJob(prompt_id, prompt, extra_data, list(outputs_to_execute), client_id,
+                                           front, number, priority, owner)])[0]
+        if isinstance(result, DuplicateJobError):
+            raise result
+        return result
+
+    def enqueue_many(self, jobs: Sequence[NewJob]) -> list[Job | DuplicateJobError]:
+        """Add several pending jobs in one transaction, in order (as many :meth:`enqueue` calls
+        would, each with its own number); a duplicate prompt id gives its
+        :class:`DuplicateJobError` in its place and does not stop the others.
+
+        Why one transaction: a server receiving many prompts at once (an app posting a batch)
+        pays one commit for all of them instead of one each.
+        """
+        for job in jobs:
+            if job.number is not None and not math.isfinite(float(job.number)):
+                raise ValueError(f"queue number must be finite, got {job.number!r}")
+        texts = [(dumps(job.prompt),
+                  dumps({k: v for k, v in job.extra_data.items() if k not in SECRET_EXTRA_DATA_KEYS}),
+                  dumps(list(job.outputs_to_execute))) for job in jobs]
         now = time.time()
+        results: list[Job | DuplicateJobError] = []
+        added = 0
         with self._work:
             self._check_open()
-            try:
-                with self._tx() as conn:
-                    if number is not None:
-                        value = float(number)
-                    elif front:
-                        value = 0.0 - self._next_number  # 0.0 - x: no "-0.0"
+            next_number = self._next_number
+            with self._tx() as conn:
+                for job, (prompt_text, extra_text, outputs_text) in zip(jobs, texts):
+                    if job.number is not None:
+                        value = float(job.number)
+                    elif job.front:
+                        value = 0.0 - next_number  # 0.0 - x: no "-0.0"
                         lowest = conn.execute(
                             "SELECT MIN(number) FROM jobs WHERE status = 'pending'"
                         ).fetchone()[0]
                         if lowest is not None and lowest <= value:
                             value = math.floor(lowest) - 1.0
                     else:
-                        value = float(self._next_number)
-                    seq = conn.execute(
-                        "INSERT INTO jobs (prompt_id, number, priority, status, client_id,"
-                        " created_at, owner) VALUES (?,?,?,?,?,?,?)",
-                        (prompt_id, value, int(priority), _PENDING, client_id, now, owner),
-                    ).lastrowid
+                        value = float(next_number)
+                    try:
+                        # a failed INSERT undoes that statement only; the transaction goes on
+                        seq = conn.execute(
+                            "INSERT INTO jobs (prompt_id, number, priority, status, client_id,"
+                            " created_at, owner) VALUES (?,?,?,?,?,?,?)",
+                            (job.prompt_id, value, int(job.priority), _PENDING, job.client_id, now, job.owner),
+                        ).lastrowid
+                    except sqlite3.IntegrityError as exc:
+                        error = DuplicateJobError(f"prompt_id {job.prompt_id!r} already exists")
+                        error.__cause__ = exc
+                        results.append(error)
+                        continue
                     conn.execute(
                         "INSERT INTO job_payloads (seq, outputs_to_execute, prompt, extra_data)"
                         " VALUES (?,?,?,?)",
                         (seq, outputs_text, prompt_text, extra_text),
                     )
-            except sqlite3.IntegrityError as exc:
-                raise DuplicateJobError(f"prompt_id {prompt_id!r} already exists") from exc
-            if number is None:
-                self._next_number += 1
-            self._active += 1
-            self._committed()
-            self._work.notify()
-        return Job(
-            prompt_id=prompt_id, number=value, priority=int(priority), status=JobStatus.PENDING,
-            client_id=client_id, created_at=now, started_at=None, finished_at=None, attempts=0,
-            prompt_json=prompt_text, extra_data_json=extra_text,
-            outputs_to_execute_json=outputs_text, owner=owner,
-        )
+                    if job.number is None:
+                        next_number += 1
+                    added += 1
+                    results.append(Job(
+                        prompt_id=job.prompt_id, number=value, priority=int(job.priority),
+                        status=JobStatus.PENDING, client_id=job.client_id, created_at=now, started_at=None,
+                        finished_at=None, attempts=0, prompt_json=prompt_text, extra_data_json=extra_text,
+                        outputs_to_execute_json=outputs_text, owner=job.owner,
+                    ))
+            self._next_number = next_number
+            if added:
+                self._active += added
+                self._pending += added
+                self._committed()
+                self._work.notify(added)
+        return results
 
     def claim_next(self, timeout: float | None = None) -> Job | None:
         """Atomically move the next pending job to ``running`` and return it.
@@ -328,10 +364,13 @@ class JobStore:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._work:
+            # nothing pending by our count: wait before asking SQLite (a poll always asks)
+            ask = self._pending > 0 or timeout == 0
             while True:
                 if self._closed:
                     return None
-                row = self._claim_locked()
+                row = self._claim_locked() if ask else None
+                ask = True
                 if row is not None:
                     break
                 if deadline is None:
@@ -352,8 +391,10 @@ class JobStore:
                 (time.time(),),
             ).fetchone()
             if claimed is None:
+                self._pending = 0
                 return None
             row = conn.execute(f"SELECT {COLUMNS} FROM job_rows WHERE seq = ?", claimed).fetchone()
+        self._pending = max(0, self._pending - 1)
         self._committed()
         return row
 
@@ -383,6 +424,8 @@ class JobStore:
                 ).fetchone()
                 row = None if claimed is None else conn.execute(
                     f"SELECT {COLUMNS} FROM job_rows WHERE seq = ?", claimed).fetchone()
+            if row is not None:
+                self._pending = max(0, self._pending - 1)
             self._committed()
         return None if row is None else row_to_job(row)
 
@@ -429,6 +472,7 @@ class JobStore:
                 self._active -= 1  # running -> failed leaves the queue (running -> pending stays in it)
             self._committed()
             if retry:
+                self._pending += 1
                 self._work.notify()
         return retry
 
@@ -691,6 +735,7 @@ class JobStore:
         with self._lock:
             removed = self._delete_where("status = 'pending'", prompt_ids, owner)
             self._active -= len(removed)
+            self._pending = max(0, self._pending - len(removed))
             self._committed()
         return removed
 
@@ -704,6 +749,7 @@ class JobStore:
                     f"DELETE FROM jobs WHERE status = 'pending'{mine} RETURNING prompt_id", params,
                 ).fetchall()]
             self._active -= len(removed)
+            self._pending = max(0, self._pending - len(removed))
             self._committed()
         return removed
 
@@ -740,6 +786,7 @@ class JobStore:
                 evicted = self._evict_history_locked(conn, added=len(cancelled))
             self._history_len += len(cancelled) - evicted
             self._active -= len(cancelled)
+            self._pending = max(0, self._pending - len(cancelled))
             self._committed()
         return CancelResult(cancelled=cancelled, running=running)
 
@@ -816,6 +863,7 @@ class JobStore:
                 ).fetchone()[0]
             self._history_len += len(failed) - evicted
             self._active -= len(failed)
+            self._pending = pending
             self._committed()
             if retry:
                 self._work.notify_all()

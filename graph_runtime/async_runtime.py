@@ -14,7 +14,9 @@ one thread in arrival order, submissions that wait together in one transaction
 
 Waiting for a job (``POST /api/run``): :meth:`AsyncRuntime.wait` registers a future before it
 reads the job's state, and the runtime's completion listener resolves it from the worker
-thread through ``call_soon_threadsafe``, so no completion can slip between the two.
+thread through the loop's mailbox (:mod:`graph_runtime.loop_mailbox`, shared with the WebSocket
+hub: one wake-up for a prompt's last events and its completion), so no completion can slip
+between the two.
 
 Ownership (multi-user mode): methods take ``owner``; ``None`` means every user's jobs (single
 user, or an admin), a name narrows reads and removals to that user's jobs.
@@ -30,6 +32,7 @@ from typing import Any, Callable, TypeVar
 
 from graph_runtime.jobs import Job, JobPage, JobSort, JobStatus, QueueSnapshot
 from graph_runtime.service import JobOutcome, Runtime, SubmitRequest, SubmitResult
+from graph_runtime.loop_mailbox import LoopMailbox
 from graph_runtime.write_queue import WriteQueue
 
 log = logging.getLogger(__name__)
@@ -51,11 +54,11 @@ class ReadyCheck:
 class AsyncRuntime:
     """Async access to one :class:`Runtime` (see the module docstring)."""
 
-    def __init__(self, runtime: Runtime, *, read_workers: int = 4) -> None:
+    def __init__(self, runtime: Runtime, *, read_workers: int = 4, mailbox: LoopMailbox | None = None) -> None:
         self.runtime = runtime
-        self._writes = WriteQueue(runtime)
+        self._mailbox = mailbox if mailbox is not None else LoopMailbox()
+        self._writes = WriteQueue(runtime, mailbox=self._mailbox)
         self._read_pool = ThreadPoolExecutor(read_workers, thread_name_prefix="genesis-read")
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._waiters: dict[str, list[asyncio.Future]] = {}
         self._on_finished: list[FinishedCallback] = []
         self._on_queued: list[QueuedCallback] = []
@@ -63,7 +66,7 @@ class AsyncRuntime:
 
     # -- lifecycle -----------------------------------------------------------------------------
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        self._mailbox.bind(loop)
 
     def close(self) -> None:
         self.runtime.remove_completion_listener(self._completed_threadsafe)
@@ -74,7 +77,7 @@ class AsyncRuntime:
         self._waiters.clear()
         self._writes.close()
         self._read_pool.shutdown(wait=False, cancel_futures=True)
-        self._loop = None
+        self._mailbox.bind(None)
 
     async def _read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -178,13 +181,7 @@ class AsyncRuntime:
         self._on_finished.append(callback)
 
     def _completed_threadsafe(self, outcome: JobOutcome) -> None:
-        loop = self._loop
-        if loop is None:
-            return
-        try:
-            loop.call_soon_threadsafe(self._completed, outcome)
-        except RuntimeError:  # the loop is closed: the server is shutting down
-            pass
+        self._mailbox.post(self._completed, outcome)
 
     def _completed(self, outcome: JobOutcome) -> None:
         for fut in self._waiters.pop(outcome.prompt_id, ()):

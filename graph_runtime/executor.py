@@ -118,8 +118,18 @@ class _Stop(Exception):
         self.status = status
 
 
+_RUSAGE_WHO = getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)
+
+
 def _process_peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """The process's peak resident set (bytes).
+
+    On Linux ``ru_maxrss`` is the address space's high-water mark whoever asks, so asking for this
+    thread gives the process figure without RUSAGE_SELF's walk over every thread's CPU times (which
+    locks the run queue of each CPU running one of them: measured 0.3 ms per call on a busy 2-core
+    VM, a quarter of a trivial prompt).
+    """
+    return resource.getrusage(_RUSAGE_WHO).ru_maxrss * 1024
 
 
 def _format_input(value: Any) -> Any:

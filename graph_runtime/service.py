@@ -193,8 +193,11 @@ class Runtime:
                 log.exception("listener failed on %s", event.type)
 
     def emit_status(self) -> None:
-        self.queue_remaining = self.store.queue_remaining()
-        self.emit(QueueStatus(None, self.queue_remaining), None)
+        self._announce_queue(self.store.queue_remaining())
+
+    def _announce_queue(self, remaining: int) -> None:
+        self.queue_remaining = remaining
+        self.emit(QueueStatus(None, remaining), None)
 
     def add_completion_listener(self, listener: CompletionListener) -> None:
         """``listener(outcome)`` for every job that leaves the queue (runner or caller thread)."""
@@ -255,7 +258,7 @@ class Runtime:
                 new_jobs.append((len(results), *prepared))
                 results.append(None)
         if new_jobs:
-            stored = self.store.enqueue_many([job for _, job, _ in new_jobs])
+            stored = self.store.enqueue_many([job for _, job, _ in new_jobs], announce=self._announce_queue)
             for (index, job, validation), outcome in zip(new_jobs, stored):
                 if isinstance(outcome, DuplicateJobError):
                     err = PromptError("invalid_prompt", "Duplicate prompt id",
@@ -265,7 +268,6 @@ class Runtime:
                     results[index] = SubmitResult(True, outcome.prompt_id, outcome.number,
                                                   node_errors=validation.node_errors, validation=validation)
             if any(not isinstance(outcome, DuplicateJobError) for outcome in stored):
-                self.emit_status()
                 self.runner.wake()
         return [r for r in results if r is not None]
 

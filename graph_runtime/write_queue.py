@@ -15,7 +15,8 @@ when it wakes, never waits for more.
 
 Concurrency: the event loop appends items under a lock and notifies the thread; the thread takes
 a run of consecutive submissions (or one other write), runs it, and resolves the items' asyncio
-futures with one ``call_soon_threadsafe`` per batch.  An item whose awaiting coroutine was
+futures with one hand-off per batch (through the loop's mailbox when one is given, so it shares a
+wake-up with the status event the submission emitted).  An item whose awaiting coroutine was
 cancelled still runs (as ``run_in_executor`` would); its answer is dropped.
 """
 from __future__ import annotations
@@ -27,6 +28,8 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
+
+from graph_runtime.loop_mailbox import LoopMailbox
 
 if TYPE_CHECKING:
     from graph_runtime.service import Runtime, SubmitRequest, SubmitResult
@@ -51,8 +54,10 @@ class _Item:
 class WriteQueue:
     """Runs :meth:`Runtime.submit_many` batches and other writes on one thread (module docstring)."""
 
-    def __init__(self, runtime: "Runtime", *, name: str = "genesis-submit", max_batch: int = MAX_BATCH) -> None:
+    def __init__(self, runtime: "Runtime", *, name: str = "genesis-submit", max_batch: int = MAX_BATCH,
+                 mailbox: LoopMailbox | None = None) -> None:
         self._runtime = runtime
+        self._mailbox = mailbox
         self._max_batch = max_batch
         self._items: deque[_Item] = deque()
         self._cond = threading.Condition(threading.Lock())
@@ -122,8 +127,7 @@ class WriteQueue:
             for loop, items in by_loop.items():
                 self._deliver(loop, items)
 
-    @staticmethod
-    def _deliver(loop: asyncio.AbstractEventLoop, items: list[_Item], *, cancel: bool = False) -> None:
+    def _deliver(self, loop: asyncio.AbstractEventLoop, items: list[_Item], *, cancel: bool = False) -> None:
         def resolve() -> None:
             for item in items:
                 if item.future.done():
@@ -136,6 +140,9 @@ class WriteQueue:
                 else:
                     item.future.set_exception(value)
 
+        mailbox = self._mailbox
+        if mailbox is not None and mailbox.loop is loop and mailbox.post(resolve):
+            return
         try:
             loop.call_soon_threadsafe(resolve)
         except RuntimeError:  # the loop is closed: the server is shutting down

@@ -168,12 +168,16 @@ def test_an_error_reaches_its_caller_and_the_thread_goes_on(runtime: Runtime) ->
 
 
 def test_close_cancels_what_did_not_start(runtime: Runtime) -> None:
-    gate = threading.Event()
+    gate, started = threading.Event(), threading.Event()
+
+    def block() -> bool:
+        started.set()
+        return gate.wait(WAIT)
 
     async def scenario() -> None:
         queue = WriteQueue(runtime)
-        blocker = asyncio.ensure_future(queue.call(gate.wait, WAIT))
-        await asyncio.sleep(0)
+        blocker = asyncio.ensure_future(queue.call(block))
+        assert await asyncio.to_thread(started.wait, WAIT)  # the write thread runs it now
         waiting = asyncio.ensure_future(queue.submit(SubmitRequest(_prompt(8))))
         await asyncio.sleep(0)
         queue.close()

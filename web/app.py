@@ -25,6 +25,7 @@ from typing import Any
 from aiohttp import web
 
 from graph_runtime.async_runtime import AsyncRuntime
+from graph_runtime.loop_mailbox import LoopMailbox
 from web.auth import AUTH, AuthSettings, authenticate
 from web.logbuffer import LogBuffer
 from web.metrics import METRICS, ServerMetrics, count_requests
@@ -66,10 +67,11 @@ def create_app(runtime: Any, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD, mult
     auth = auth if auth is not None else AuthSettings(multi_user=multi_user)
     multi_user = multi_user or auth.multi_user
     auth.multi_user = multi_user
-    api = AsyncRuntime(runtime)
+    mailbox = LoopMailbox()  # worker and write threads -> the loop: one wake-up per burst
+    api = AsyncRuntime(runtime, mailbox=mailbox)
     server_features = {"supports_preview_metadata": True, "max_upload_size": max_upload_bytes}
     hub_kwargs = {"queue_limit": ws_queue_limit} if ws_queue_limit else {}
-    hub = Hub(lambda: runtime.queue_remaining, server_features, **hub_kwargs)
+    hub = Hub(lambda: runtime.queue_remaining, server_features, mailbox=mailbox, **hub_kwargs)
     extension_dirs = {p.name: p for p in sorted(EXTENSIONS_DIR.iterdir()) if p.is_dir()}
     for name, directory in runtime.registry.web_directories.items():
         extension_dirs.setdefault(name, directory)

@@ -2,9 +2,10 @@
 
 Why it is built this way:
 
-* Events are produced on the executor's worker thread.  ``on_event`` only appends to a
-  deque and, at most once per batch, wakes the event loop with ``call_soon_threadsafe``;
-  encoding and sending happen on the loop.  So execution never waits for a socket.
+* Events are produced on the executor's worker thread.  ``on_event`` only posts them to the
+  loop's :class:`~graph_runtime.loop_mailbox.LoopMailbox` (one wake-up per burst, shared with
+  the runtime façade's completions); encoding and sending happen on the loop.  So execution
+  never waits for a socket.
 * Every socket has its own bounded queue and sender task.  While a socket is behind,
   superseded-anyway messages (preview frames, ``progress`` ticks) are skipped for it; a
   socket that stops reading fills its queue and is then disconnected and forgotten (the
@@ -24,12 +25,12 @@ import asyncio
 import json
 import logging
 import uuid
-from collections import deque
 from typing import Any, Callable
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from graph_runtime.events import Event
+from graph_runtime.loop_mailbox import LoopMailbox
 from web.previews import encode_image, legacy_frame, metadata_frame, progress_text_frame
 from web.wsframes import encode_frame
 
@@ -37,9 +38,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_QUEUE_LIMIT = 8192
 """Messages a socket may have waiting before it is considered dead and closed."""
-
-DRAIN_BATCH = 64
-"""Events handled between two yields to the sender tasks (bounds a healthy socket's backlog)."""
 
 CLOSE_TIMEOUT = 2.0
 MAX_BATCH = 512
@@ -84,33 +82,29 @@ class Hub:
     """All sockets of one server, and the bridge from runtime events to them."""
 
     def __init__(self, queue_remaining: Callable[[], int], server_features: dict[str, Any], *,
-                 queue_limit: int = DEFAULT_QUEUE_LIMIT, heartbeat: float = 30.0) -> None:
+                 queue_limit: int = DEFAULT_QUEUE_LIMIT, heartbeat: float = 30.0,
+                 mailbox: LoopMailbox | None = None) -> None:
         self._queue_remaining = queue_remaining
         self.server_features = server_features
         self.queue_limit = queue_limit
         self.heartbeat = heartbeat
         self.clients: dict[str, Client] = {}
         self.log_subscribers: set[str] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._inbox: deque[tuple[Any, ...]] = deque()
-        self._wake_pending = False
-        self._drainer: asyncio.Future | None = None
+        self._mailbox = mailbox if mailbox is not None else LoopMailbox()
         # running prompts (several with Ray workers): prompt_id -> {client_id, node}
         self._running: dict[str, dict[str, Any]] = {}
         self.dropped_clients = 0
 
     # -- lifecycle -----------------------------------------------------------------------------
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        self._mailbox.bind(loop)
 
     async def close_all(self) -> None:
-        if self._drainer is not None and not self._drainer.done():
-            self._drainer.cancel()
+        self._mailbox.bind(None)
         clients = list(self.clients.values())
         self.clients.clear()
         await asyncio.gather(*(self._close(c, WSCloseCode.GOING_AWAY, b"server shutdown") for c in clients),
                              return_exceptions=True)
-        self._loop = None
 
     # -- producers (any thread) ----------------------------------------------------------------
     def on_event(self, event: Event, client_id: str | None) -> None:
@@ -126,44 +120,20 @@ class Hub:
         self._post(("custom", type_, data, sid))
 
     def _post(self, item: tuple[Any, ...]) -> None:
-        loop = self._loop
-        if loop is None:
-            return
-        self._inbox.append(item)
-        if not self._wake_pending:
-            self._wake_pending = True
-            try:
-                loop.call_soon_threadsafe(self._wake)
-            except RuntimeError:  # loop closed: the server is shutting down
-                self._wake_pending = False
+        self._mailbox.post(self._deliver, item)
 
     # -- the loop side -------------------------------------------------------------------------
-    def _wake(self) -> None:
-        # Clear the flag first: anything appended from now on schedules another wake-up, and
-        # a running drain task looks at the inbox again before it ends.
-        self._wake_pending = False
-        if self._drainer is None or self._drainer.done():
-            self._drainer = asyncio.ensure_future(self._drain())
-
-    async def _drain(self) -> None:
-        """Deliver queued items, yielding every :data:`DRAIN_BATCH` so the senders keep up."""
-        inbox = self._inbox
-        while inbox:
-            for _ in range(DRAIN_BATCH):
-                if not inbox:
-                    break
-                item = inbox.popleft()
-                try:
-                    kind = item[0]
-                    if kind == "event":
-                        self._dispatch(item[1], item[2])
-                    elif kind == "log":
-                        self._send_logs(item[1])
-                    else:
-                        self.send(item[1], item[2], item[3])
-                except Exception:
-                    log.exception("could not deliver %r", item[:2])
-            await asyncio.sleep(0)
+    def _deliver(self, item: tuple[Any, ...]) -> None:
+        try:
+            kind = item[0]
+            if kind == "event":
+                self._dispatch(item[1], item[2])
+            elif kind == "log":
+                self._send_logs(item[1])
+            else:
+                self.send(item[1], item[2], item[3])
+        except Exception:
+            log.exception("could not deliver %r", item[:2])
 
     def _targets(self, client_id: str | None) -> list[Client]:
         if client_id:

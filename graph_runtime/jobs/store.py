@@ -88,7 +88,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from graph_runtime.jobs.checkpointer import WalCheckpointer
 from graph_runtime.jobs.records import (
@@ -287,10 +287,15 @@ class JobStore:
             raise result
         return result
 
-    def enqueue_many(self, jobs: Sequence[NewJob]) -> list[Job | DuplicateJobError]:
+    def enqueue_many(self, jobs: Sequence[NewJob], *,
+                     announce: Callable[[int], None] | None = None) -> list[Job | DuplicateJobError]:
         """Add several pending jobs in one transaction, in order (as many :meth:`enqueue` calls
         would, each with its own number); a duplicate prompt id gives its
         :class:`DuplicateJobError` in its place and does not stop the others.
+
+        ``announce(queue_remaining)`` is called once the jobs are committed and before any
+        claimer can take one (under the store's lock, so it must not call the store): the
+        server's queue status always reaches clients before the job's ``execution_start``.
 
         Why one transaction: a server receiving many prompts at once (an app posting a batch)
         pays one commit for all of them instead of one each.
@@ -351,6 +356,8 @@ class JobStore:
                 self._active += added
                 self._pending += added
                 self._committed()
+                if announce is not None:
+                    announce(self._active)
                 self._work.notify(added)
         return results
 

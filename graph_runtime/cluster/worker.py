@@ -257,7 +257,7 @@ class GenesisWorker:
         except Exception:  # a record that cannot be made must not lose the prompt's results
             log.exception("could not make the reproducibility record")
             record = {}
-        self.models.memory.trim_host()
+        self.models.memory.trim_host(report.seconds)
         if pending_free:
             self._free_now(pending_free.get("unload_models", False), pending_free.get("free_memory", False))
         return RunOutcome(report, self.identity, models_used=used, models_loaded=loaded, held=self.held_models(),

@@ -98,7 +98,8 @@ class ProgressState(Event):
     nodes: dict[str, NodeProgress] = field(default_factory=dict)
 
     def data(self) -> dict[str, Any]:
-        return {"prompt_id": self.prompt_id, "nodes": {k: asdict(v) for k, v in self.nodes.items()}}
+        # NodeProgress holds scalars only: a dict of its fields is a full copy
+        return {"prompt_id": self.prompt_id, "nodes": {k: dict(v.__dict__) for k, v in self.nodes.items()}}
 
 
 @dataclass(frozen=True)

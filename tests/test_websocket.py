@@ -224,7 +224,7 @@ def test_a_socket_that_never_reads_does_not_block_execution(web_server: LiveServ
     messages = reader.wait_done(prompt_id)
     assert "execution_success" in reader.types(messages)
     assert sum(1 for m in messages if m["type"] == "executing") == 303
-    backlog = web_server.call(lambda: hub.clients["stalled"].queue.qsize() if "stalled" in hub.clients else 0)
+    backlog = web_server.call(lambda: len(hub.clients["stalled"].backlog) if "stalled" in hub.clients else 0)
     assert backlog <= hub.queue_limit
     stalled.close()
     reader.close()
@@ -232,7 +232,7 @@ def test_a_socket_that_never_reads_does_not_block_execution(web_server: LiveServ
 
 @pytest.mark.asyncio
 async def test_hub_drops_a_consumer_whose_peer_never_reads() -> None:
-    """Unit-level: a socket whose transport never drains fills its queue and is disconnected,
+    """Unit-level: a socket whose transport never drains fills its backlog and is disconnected,
     while the producing (worker) thread never blocks."""
     from graph_runtime.events import Executing, Progress
     from web.ws import Client, Hub
@@ -259,9 +259,8 @@ async def test_hub_drops_a_consumer_whose_peer_never_reads() -> None:
     hub = Hub(lambda: 0, {}, queue_limit=100)
     hub.bind(asyncio.get_running_loop())
     transport = StuckTransport()
-    client = Client("s", None, hub.queue_limit, transport)  # type: ignore[arg-type]
+    client = Client("s", None, transport)  # type: ignore[arg-type]
     hub.clients["s"] = client
-    client.sender = asyncio.ensure_future(hub._pump(client))
     done = threading.Event()
 
     def produce() -> None:  # the worker thread: must never block

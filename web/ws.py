@@ -6,11 +6,15 @@ Why it is built this way:
   loop's :class:`~graph_runtime.loop_mailbox.LoopMailbox` (one wake-up per burst, shared with
   the runtime façade's completions); encoding and sending happen on the loop.  So execution
   never waits for a socket.
-* Every socket has its own bounded queue and sender task.  While a socket is behind,
-  superseded-anyway messages (preview frames, ``progress`` ticks) are skipped for it; a
-  socket that stops reading fills its queue and is then disconnected and forgotten (the
-  frontend reconnects and re-reads the queue over HTTP) instead of letting memory grow or
-  slowing the others.
+* Every socket has its own bounded backlog.  Messages for it are appended there and a flush
+  is scheduled on the loop (once, however many arrive before it runs): the flush frames the
+  whole backlog and writes it with one ``transport.write``.  No queue and no sender task per
+  socket: a trivial prompt sends eleven messages, and waking a task for each cost more than
+  encoding them.  While a socket is behind (its transport holds more than
+  :data:`HIGH_WATER` bytes), the flush waits and superseded-anyway messages (preview frames,
+  ``progress`` ticks) are skipped for it; a socket that stops reading fills its backlog and is
+  then disconnected and forgotten (the frontend reconnects and re-reads the queue over HTTP)
+  instead of letting memory grow or slowing the others.
 * Each message is encoded once, whatever the number of recipients; progress_state events
   carry only the nodes that changed (see :class:`graph_runtime.events.ProgressState`),
   so traffic per prompt is linear in its number of nodes.
@@ -25,6 +29,7 @@ import asyncio
 import json
 import logging
 import uuid
+from collections import deque
 from typing import Any, Callable
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -43,7 +48,7 @@ CLOSE_TIMEOUT = 2.0
 MAX_BATCH = 512
 """Most messages framed into one transport write."""
 HIGH_WATER = 256 << 10
-"""Bytes buffered in the transport above which a sender waits for its peer."""
+"""Bytes buffered in the transport above which a socket's flush waits for its peer."""
 DRAIN_POLL = 0.005
 
 
@@ -60,17 +65,17 @@ def event_payload(event: Event) -> Any:
 
 
 class Client:
-    """One connected socket: its id, negotiated features and outgoing queue."""
+    """One connected socket: its id, negotiated features and outgoing backlog."""
 
-    __slots__ = ("sid", "ws", "transport", "queue", "flags", "sender", "closed")
+    __slots__ = ("sid", "ws", "transport", "backlog", "flags", "flush_scheduled", "closed")
 
-    def __init__(self, sid: str, ws: web.WebSocketResponse, limit: int, transport: Any = None) -> None:
+    def __init__(self, sid: str, ws: web.WebSocketResponse, transport: Any = None) -> None:
         self.sid = sid
         self.ws = ws
         self.transport = transport
-        self.queue: asyncio.Queue[str | bytes | None] = asyncio.Queue(limit)
+        self.backlog: deque[str | bytes] = deque()
         self.flags: dict[str, Any] = {}
-        self.sender: asyncio.Task | None = None
+        self.flush_scheduled = False
         self.closed = False
 
     @property
@@ -210,17 +215,15 @@ class Hub:
         (self.log_subscribers.add if enabled else self.log_subscribers.discard)(sid)
 
     def _offer(self, client: Client, message: str | bytes, *, lossy: bool = False) -> None:
-        """Queue a message for a socket; ``lossy`` ones (previews, progress ticks) are skipped
-        while the socket is behind, since the next one supersedes them anyway."""
+        """Queue a message for a socket (call on the loop); ``lossy`` ones (previews, progress
+        ticks) are skipped while the socket is behind, since the next one supersedes them anyway."""
         if client.closed:
             return
-        if lossy and client.queue.qsize() >= self.queue_limit // 4:
+        backlog = client.backlog
+        if lossy and len(backlog) >= self.queue_limit // 4:
             return
-        try:
-            client.queue.put_nowait(message)
-        except asyncio.QueueFull:
-            log.warning("websocket %s is not reading (%d messages waiting); closing it", client.sid,
-                        client.queue.qsize())
+        if len(backlog) >= self.queue_limit:
+            log.warning("websocket %s is not reading (%d messages waiting); closing it", client.sid, len(backlog))
             self.dropped_clients += 1
             self._forget(client)
             # No close handshake: a close frame would wait behind everything the peer did not read.
@@ -228,14 +231,18 @@ class Hub:
                 client.transport.abort()
             else:
                 asyncio.ensure_future(self._close(client, WSCloseCode.TRY_AGAIN_LATER, b"client too slow"))
+            return
+        backlog.append(message)
+        if not client.flush_scheduled:
+            client.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush, client)
 
     def _forget(self, client: Client) -> None:
         client.closed = True
+        client.backlog.clear()
         if self.clients.get(client.sid) is client:
             del self.clients[client.sid]
         self.log_subscribers.discard(client.sid)
-        if client.sender is not None:
-            client.sender.cancel()
 
     async def _close(self, client: Client, code: int, message: bytes) -> None:
         self._forget(client)
@@ -245,41 +252,48 @@ class Hub:
             if client.transport is not None:
                 client.transport.abort()
 
-    @staticmethod
-    async def _pump(client: Client) -> None:
-        """Send a socket's queued messages, many frames per write.
+    def _flush(self, client: Client) -> None:
+        """Write a socket's backlog, many frames per write (scheduled by :meth:`_offer`).
 
-        Every message waiting when the sender wakes up is framed and written to the transport
-        in one call: one system call per batch instead of one per message (each one also
-        hands the GIL to the executor thread).  Flow control: while the peer has not read
-        what the kernel and the transport hold, the sender waits, the queue fills, and a
+        One system call per batch instead of one per message (each one also hands the GIL to
+        the executor thread).  Flow control: once the transport holds more than
+        :data:`HIGH_WATER` bytes the peer has not read, nothing more is written until it drops
+        below (checked every :data:`DRAIN_POLL` seconds); the backlog grows meanwhile, and a
         peer that never catches up is disconnected by :meth:`_offer`.
         """
-        queue, transport = client.queue, client.transport
-        try:
-            while True:
-                batch = [await queue.get()]
-                while len(batch) < MAX_BATCH and not queue.empty():
-                    batch.append(queue.get_nowait())
-                stop = None in batch
-                frames = b"".join(encode_frame(m) for m in batch if m is not None)
-                if transport is None or transport.is_closing():
-                    client.closed = True
-                    return
-                if frames:
-                    transport.write(frames)
-                if stop:
-                    return
-                while transport.get_write_buffer_size() > HIGH_WATER:
-                    if transport.is_closing():
-                        client.closed = True
-                        return
-                    await asyncio.sleep(DRAIN_POLL)  # the peer is behind: let it read
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # peer went away mid-send
-            log.debug("websocket %s send failed: %s", client.sid, exc)
+        client.flush_scheduled = False
+        transport = client.transport
+        if client.closed:
+            return
+        if transport is None or transport.is_closing():
             client.closed = True
+            return
+        backlog = client.backlog
+        if backlog:
+            count = min(len(backlog), MAX_BATCH)
+            try:
+                transport.write(b"".join(encode_frame(backlog.popleft()) for _ in range(count)))
+            except Exception as exc:  # the peer went away mid-send
+                log.debug("websocket %s send failed: %s", client.sid, exc)
+                client.closed = True
+                return
+        loop = asyncio.get_running_loop()
+        if transport.get_write_buffer_size() > HIGH_WATER:
+            client.flush_scheduled = True  # no flush until the peer reads
+            loop.call_later(DRAIN_POLL, self._flush_when_drained, client)
+        elif backlog:
+            client.flush_scheduled = True
+            loop.call_soon(self._flush, client)
+
+    def _flush_when_drained(self, client: Client) -> None:
+        transport = client.transport
+        if client.closed or transport is None or transport.is_closing():
+            client.closed = True
+            return
+        if transport.get_write_buffer_size() > HIGH_WATER:
+            asyncio.get_running_loop().call_later(DRAIN_POLL, self._flush_when_drained, client)
+            return
+        self._flush(client)
 
     # -- the /ws handler -----------------------------------------------------------------------
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
@@ -291,9 +305,8 @@ class Hub:
         old = self.clients.get(sid)
         if old is not None:
             await self._close(old, WSCloseCode.POLICY_VIOLATION, b"replaced by a new connection")
-        client = Client(sid, ws, self.queue_limit, request.transport)
+        client = Client(sid, ws, request.transport)
         self.clients[sid] = client
-        client.sender = asyncio.ensure_future(self._pump(client))
         self._offer(client, _dumps({"type": "status", "data": {
             "status": {"exec_info": {"queue_remaining": self._queue_remaining()}}, "sid": sid}}))
         for prompt_id, running in list(self._running.items()):
@@ -309,8 +322,8 @@ class Hub:
         finally:
             if self.clients.get(sid) is client:
                 self._forget(client)
-            elif client.sender is not None:
-                client.sender.cancel()
+            else:
+                client.closed = True
         return ws
 
     def _on_text(self, client: Client, text: str) -> None:

@@ -269,7 +269,9 @@ class Runtime:
                                                   node_errors=validation.node_errors, validation=validation)
             if any(not isinstance(outcome, DuplicateJobError) for outcome in stored):
                 self.runner.wake()
-        return [r for r in results if r is not None]
+        answered = [r for r in results if r is not None]
+        assert len(answered) == len(requests), "every request gets its answer"
+        return answered
 
     def _prepare(self, request: "SubmitRequest") -> "SubmitResult | tuple[NewJob, ValidationResult]":
         """Convert and validate one request: the job to enqueue, or the error to answer."""
@@ -581,7 +583,12 @@ class LocalWorker:
         while not self._stopping.is_set():
             if not self.runtime.wait_unheld(0.25) or not self.gate.wait_free(0.25):
                 continue
-            job = store.claim_next(timeout=0.25)
+            try:
+                job = store.claim_next(timeout=0.25)
+            except Exception:  # the database failed (disk full, locked): keep trying, /ready says why
+                log.exception("could not claim the next prompt; retrying in a second")
+                self._stopping.wait(1.0)
+                continue
             if job is None:
                 continue
             # Hand the gate to the new prompt before anything else can be claimed.

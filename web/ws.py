@@ -32,6 +32,7 @@ import uuid
 from collections import deque
 from typing import Any, Callable
 
+import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from graph_runtime.events import Event
@@ -53,7 +54,8 @@ DRAIN_POLL = 0.005
 
 
 def _dumps(message: dict[str, Any]) -> str:
-    return json.dumps(message, separators=(",", ":"), default=str)
+    """Compact JSON text; values JSON does not know are sent as their ``str`` (as ComfyUI does)."""
+    return orjson.dumps(message, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 def event_payload(event: Event) -> Any:

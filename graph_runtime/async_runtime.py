@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
@@ -38,6 +39,7 @@ from graph_runtime.write_queue import WriteQueue
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+_ENDED_REMEMBERED = 4096
 FinishedCallback = Callable[[JobOutcome], None]
 QueuedCallback = Callable[[SubmitResult], None]
 
@@ -60,6 +62,12 @@ class AsyncRuntime:
         self._writes = WriteQueue(runtime, mailbox=self._mailbox)
         self._read_pool = ThreadPoolExecutor(read_workers, thread_name_prefix="genesis-read")
         self._waiters: dict[str, list[asyncio.Future]] = {}
+        self._live: set[str] = set()
+        """Jobs queued through this façade that have not left the queue (seen on the loop): a
+        wait for one of them needs no first store read (``POST /api/run`` waits on its own job)."""
+        self._ended: OrderedDict[str, None] = OrderedDict()
+        """The last jobs that left the queue (a completion may reach the loop before the answer to
+        the submission that queued it)."""
         self._on_finished: list[FinishedCallback] = []
         self._on_queued: list[QueuedCallback] = []
         runtime.add_completion_listener(self._completed_threadsafe)
@@ -105,6 +113,8 @@ class AsyncRuntime:
         """Convert, validate and enqueue off the loop (see :meth:`Runtime.submit`)."""
         result = await self._writes.submit(SubmitRequest(prompt, owner=owner, **kwargs))
         if result.ok:
+            if result.prompt_id not in self._ended:
+                self._live.add(result.prompt_id)  # type: ignore[arg-type]
             for callback in self._on_queued:
                 callback(result)
         return result
@@ -184,6 +194,10 @@ class AsyncRuntime:
         self._mailbox.post(self._completed, outcome)
 
     def _completed(self, outcome: JobOutcome) -> None:
+        self._live.discard(outcome.prompt_id)
+        self._ended[outcome.prompt_id] = None
+        if len(self._ended) > _ENDED_REMEMBERED:
+            self._ended.popitem(last=False)
         for fut in self._waiters.pop(outcome.prompt_id, ()):
             if not fut.done():
                 fut.set_result(outcome)
@@ -202,9 +216,10 @@ class AsyncRuntime:
         fut: asyncio.Future = loop.create_future()
         self._waiters.setdefault(prompt_id, []).append(fut)
         try:
-            job = await self._read(self.runtime.store.get, prompt_id)
-            if job is None or job.status.is_finished:
-                return job
+            if prompt_id not in self._live:  # not known to be queued: ask the store first
+                job = await self._read(self.runtime.store.get, prompt_id)
+                if job is None or job.status.is_finished:
+                    return job
             try:
                 await asyncio.wait_for(asyncio.shield(fut), timeout)
             except asyncio.TimeoutError:

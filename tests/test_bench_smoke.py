@@ -58,7 +58,7 @@ def test_serving_bench_runs_every_configuration(capsys):
     for route in ("POST /prompt (completion via WebSocket)", "POST /api/run (waits)"):
         for n, label in ((1, "1 client"), (8, "8 clients"), (32, "32 clients")):
             value = rows[f"serving: 16 trivial prompts, {route}, {label}"]
-            assert "/s without token" in value and "auth cost" in value
+            assert "/s without token" in value and "auth cost" in value and "ms/prompt" in value
     for label in ("auth off", "auth on"):
         assert rows[f"serving: GET /api/jobs while 32 clients post 32 prompts ({label})"].startswith("p50 ")
 

@@ -193,8 +193,10 @@ def bench_model(base: Path, model_name: str, runs: int, max_new_tokens: int) -> 
 
     packs = ["nodes.primitives", "nodes.text.display", "nodes.language.nodes"]
     paths = FolderPaths(base)
-    executor = Executor(build_registry(packs), paths)
     runtime = Runtime(paths, registry=build_registry(packs), db_path=base / "bench-jobs.db")
+    # The three paths share one copy of the weights (the server's model manager): with a second copy
+    # for the HTTP path, that path alone ran on weights the other two had pushed out of the CPU caches.
+    executor = Executor(build_registry(packs), paths, models=runtime.models)
     http = Http(runtime)
     system = "You are a helpful writer. Answer in one paragraph."
     # load everywhere, and warm up

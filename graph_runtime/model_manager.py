@@ -151,6 +151,8 @@ class _Slot:
     pins: int = 0
     streamed: bool = False  # block-offloaded: lives in RAM, runs on its device layer by layer
     loaded_at: float = field(default_factory=time.monotonic)
+    source_sha256: dict[str, str | None] | None = None
+    """The SHA-256 of the files this load read, once a record asked (see ``prompt_models``)."""
 
 
 class ModelHandle:
@@ -436,14 +438,28 @@ class ModelManager:
         for handle in used:
             row = handle.describe()
             if with_sha256 and self.hashes is not None:
-                row["sha256"] = {}
-                for path in handle.sources:
-                    try:
-                        row["sha256"][path] = self.hashes.sha256(path)
-                    except OSError:
-                        row["sha256"][path] = None
+                row["sha256"] = dict(self._source_sha256(handle))
             rows.append(row)
         return rows
+
+    def _source_sha256(self, handle: ModelHandle) -> dict[str, str | None]:
+        """The SHA-256 of ``handle``'s files: for a loaded model, those of the files as it loaded
+        them, asked once per load (a record per prompt used to stat every file of a model folder
+        again: about 1 ms a prompt); for a model not loaded now (an output replayed from the
+        cache), as the files are now."""
+        with self._lock:
+            slot = self._slots.get(handle.key)
+        if slot is not None and slot.source_sha256 is not None:
+            return slot.source_sha256
+        digests: dict[str, str | None] = {}
+        for path in handle.sources:
+            try:
+                digests[path] = self.hashes.sha256(path)  # type: ignore[union-attr]
+            except OSError:
+                digests[path] = None
+        if slot is not None:
+            slot.source_sha256 = digests
+        return digests
 
     # -- freeing ---------------------------------------------------------------------------------
     def evict(self, handle: ModelHandle) -> bool:

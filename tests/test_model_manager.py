@@ -207,6 +207,35 @@ def test_prompt_record_lists_used_models_with_sha256(tmp_path):
     assert rows[0]["dtype"] == "float16" and rows[0]["sha256"] == {str(f): sha256_of_file(f)}
 
 
+def test_a_loaded_model_is_hashed_once_and_its_record_names_the_files_it_loaded(tmp_path, monkeypatch):
+    """Prompt after prompt, the record of a loaded model neither hashes nor stats its files again;
+    it names the files as they were when loaded, until the model is evicted and loaded anew."""
+    from graph_runtime.file_hashes import FileHashes, sha256_of_file
+
+    f = tmp_path / "m.safetensors"
+    f.write_bytes(b"weights v1")
+    hashes = FileHashes()
+    mm = ModelManager(hashes=hashes)
+    h = mm.handle(("m",), lambda: Blob("m", 5), ops=BlobOps(), sources=[f], label="m", dtype="float16")
+    first = sha256_of_file(f)
+    calls = []
+    real = hashes.sha256
+    monkeypatch.setattr(hashes, "sha256", lambda path: calls.append(path) or real(path))
+    for _ in range(3):
+        mm.begin_prompt()
+        h.get()
+        assert mm.prompt_models()[0]["sha256"] == {str(f): first}
+    assert len(calls) == 1
+    f.write_bytes(b"weights v2 (the file changed on disk; the loaded model did not)")
+    mm.begin_prompt()
+    h.get()
+    assert mm.prompt_models()[0]["sha256"] == {str(f): first}
+    assert mm.evict(h)
+    mm.begin_prompt()
+    h.get()  # loaded again: from the new file
+    assert mm.prompt_models()[0]["sha256"] == {str(f): sha256_of_file(f)} != {str(f): first}
+
+
 def test_prompts_in_flight_at_once_keep_their_own_model_records():
     """A video prompt parks (its thread waits) while an image prompt runs on another thread; when
     the video prompt resumes and finishes, its record still names what it used before parking —

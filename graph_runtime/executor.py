@@ -109,6 +109,12 @@ class ExecutionReport:
     def ok(self) -> bool:
         return self.status == "success"
 
+    @classmethod
+    def crashed(cls, prompt_id: str, exc: BaseException) -> "ExecutionReport":
+        """The report of a prompt whose run raised outside any node (an executor or worker bug): it
+        still ends as an error with the exception, so its job leaves the queue."""
+        return cls(prompt_id, "error", error={"exception_message": str(exc), "exception_type": type(exc).__name__})
+
 
 class _Stop(Exception):
     """Internal: ends the scheduling loop with a final event."""

@@ -617,8 +617,7 @@ class LocalWorker:
         current = self.runtime.store.get(job.prompt_id)
         if current is None or current.status is not JobStatus.RUNNING:
             return
-        report = ExecutionReport(job.prompt_id, "error", error={"exception_message": str(exc),
-                                                                  "exception_type": type(exc).__name__})
+        report = ExecutionReport.crashed(job.prompt_id, exc)
         try:
             self.runtime.record(job, report, notes={"worker": self.identity})
         except Exception:  # the store is closing: the job is recovered at the next start
@@ -649,8 +648,7 @@ class LocalWorker:
             return None
         except Exception as exc:  # executor bugs still end the job cleanly
             log.exception("executor crashed on %s", job.prompt_id)
-            report = ExecutionReport(job.prompt_id, "error", error={"exception_message": str(exc),
-                                                                      "exception_type": type(exc).__name__})
+            report = ExecutionReport.crashed(job.prompt_id, exc)
         finally:
             with self._running_lock:
                 self._running.pop(job.prompt_id, None)

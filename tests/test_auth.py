@@ -217,6 +217,15 @@ def test_each_user_sees_only_their_queue_history_and_user_data(tmp_path: Path) -
 
 # -- server.py serve off loopback ----------------------------------------------------------------
 
+def _wait_for_login_url(proc, log: Path) -> None:
+    """Until the server has printed its login URL (it exits: fail with its log)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and "?token=" not in log.read_text():
+        assert proc.poll() is None, log.read_text()
+        time.sleep(0.02)  # poll interval
+    assert "?token=" in log.read_text(), log.read_text()
+
+
 @pytest.mark.slow
 def test_serving_off_loopback_creates_a_private_token_and_prints_the_login_url(tmp_path: Path) -> None:
     from tests.test_web_serve import launch, stop
@@ -224,10 +233,7 @@ def test_serving_off_loopback_creates_a_private_token_and_prints_the_login_url(t
     base = tmp_path / "base"
     proc, port, log, _ = launch(base, "--listen", "0.0.0.0", "--no-tiny-models")
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and "?token=" not in log.read_text():
-            assert proc.poll() is None, log.read_text()
-            time.sleep(0.02)  # poll interval
+        _wait_for_login_url(proc, log)
         token_file = base / "user" / GENERATED_TOKEN_FILE
         token = token_file.read_text().strip()
         assert stat.S_IMODE(os.stat(token_file).st_mode) == 0o600 and len(token) >= 32
@@ -243,10 +249,7 @@ def test_serving_off_loopback_creates_a_private_token_and_prints_the_login_url(t
     # a restart keeps the token (bookmarked login URLs keep working)
     proc, port, log, _ = launch(base, "--listen", "0.0.0.0", "--no-tiny-models")
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and "?token=" not in log.read_text():
-            assert proc.poll() is None, log.read_text()
-            time.sleep(0.02)  # poll interval
+        _wait_for_login_url(proc, log)
         assert f"?token={token}" in log.read_text()
         assert stop(proc) == 0
     finally:

@@ -221,8 +221,7 @@ class GenesisWorker:
                 out.put(self._execute(job, token, out.put))
             except BaseException as exc:  # never leave the generator waiting
                 log.exception("worker %s failed on %s", self.name, job.prompt_id)
-                report = ExecutionReport(job.prompt_id, "error", error={"exception_message": str(exc),
-                                                                          "exception_type": type(exc).__name__})
+                report = ExecutionReport.crashed(job.prompt_id, exc)
                 out.put(RunOutcome(report, self.identity))
 
     def _execute(self, job: JobSpec, token: InterruptToken, put: Any) -> RunOutcome:
@@ -241,8 +240,7 @@ class GenesisWorker:
                                            extra_data=job.extra_data, interrupt=token, sink=sink)
         except Exception as exc:  # executor bugs still end the prompt cleanly
             log.exception("executor crashed on %s", job.prompt_id)
-            report = ExecutionReport(job.prompt_id, "error", error={"exception_message": str(exc),
-                                                                      "exception_type": type(exc).__name__})
+            report = ExecutionReport.crashed(job.prompt_id, exc)
         finally:
             with self._lock:
                 self._running = None
